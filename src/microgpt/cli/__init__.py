@@ -1,0 +1,1 @@
+"""Thin command-line front end: each command builds a config and calls one library function."""

@@ -1,0 +1,1 @@
+"""The GPT model, its trainers, souping and generation."""

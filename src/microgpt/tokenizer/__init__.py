@@ -1,0 +1,1 @@
+"""Our own byte-level BPE tokenizer, and OpenAI's pretrained encodings loaded into it."""

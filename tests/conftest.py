@@ -1,0 +1,39 @@
+"""Shared fixtures: the real local HTTP server, paths to ../shared/data, and a hermetic environment."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.http_server import ServerState, serve
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+
+@pytest.fixture
+def http_server() -> Iterator[tuple[str, ServerState]]:
+    """A real HTTP server on 127.0.0.1; register bytes in ``state.files[name]``."""
+    with serve() as (url, state):
+        yield url, state
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    """The folder of real data files beside the project (skips when it is absent)."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip("../shared/data is not present")
+    return SHARED_DATA
+
+
+@pytest.fixture(autouse=True)
+def _hermetic(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Keep every test off the user's caches and off the network hubs."""
+    cache = tmp_path_factory.getbasetemp() / "cache"
+    monkeypatch.setenv("MICROGPT_CACHE_DIR", str(cache / "microgpt"))
+    monkeypatch.setenv("HF_HOME", str(cache / "hf"))
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.delenv("MICROGPT_DEVICE", raising=False)
