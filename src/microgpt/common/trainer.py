@@ -1,0 +1,545 @@
+"""The one training loop, owned by an abstract base class; pretraining and fine-tuning override small hooks.
+
+The loop, in the order every step runs it (``last_step`` lets the final eval and save reuse the periodic code)::
+
+    for step in start .. max_steps:
+        (when due) evaluate → write metrics → sample → checkpoint       # all of it on the last step
+        if last_step: stop
+        micro-steps: forward, backward (DDP syncs gradients on the last micro-step only)
+        clip → set lr → optimizer step → zero_grad → log
+
+Subclasses implement :meth:`Trainer.build_model`, :meth:`Trainer.build_train_loader`, :meth:`Trainer.eval_batches`
+and the config hooks; they never copy the loop (torchtitan's ``train()``/``train_step()`` split is the model).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+import torch.distributed as torch_dist
+from pydantic import Field, model_validator
+from torch import nn
+from tqdm import tqdm
+
+from microgpt.common.checkpoint import (
+    CheckpointWriter,
+    capture_rng_state,
+    latest_checkpoint,
+    load_model_weights,
+    load_optimizer_state,
+    read_meta,
+    restore_rng_state,
+)
+from microgpt.common.config import ConfigBase
+from microgpt.common.device import Precision, autocast_dtype, pick_device, seed_everything
+from microgpt.common.dist import DistInfo, barrier, destroy_distributed, init_distributed
+from microgpt.common.errors import ConfigError, MicrogptError
+from microgpt.common.log import get_logger
+from microgpt.common.metrics import Backend, MetricsLog
+from microgpt.common.optim import OptimizerName, build_optimizers, set_learning_rate
+from microgpt.common.schedule import ScheduleName, lr_multiplier
+
+log = get_logger(__name__)
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+class TrainConfig(ConfigBase):
+    """How to train: batch, optimizer, schedule, evaluation, checkpoints, device and precision."""
+
+    max_steps: int = Field(1000, ge=1, description="Optimizer steps in the whole run.")
+    batch_size: int = Field(32, ge=1, description="Global batch in sequences per optimizer step, whatever the ranks.")
+    micro_batch_size: int | None = Field(
+        None, ge=1, description="Sequences per rank per micro-step; default batch_size / world_size (no accumulation)."
+    )
+    optimizer: OptimizerName = Field("adamw", description="adamw, or muon (Muon for hidden matrices + AdamW).")
+    lr: float = Field(1e-3, gt=0.0, description="AdamW peak learning rate.")
+    weight_decay: float = Field(0.1, ge=0.0, description="AdamW decoupled weight decay on matrices and embeddings.")
+    beta1: float = Field(0.9, ge=0.0, lt=1.0, description="AdamW beta1.")
+    beta2: float = Field(0.95, ge=0.0, lt=1.0, description="AdamW beta2.")
+    muon_lr: float = Field(0.02, gt=0.0, description="Muon peak learning rate.")
+    muon_momentum: float = Field(0.95, ge=0.0, lt=1.0, description="Muon momentum.")
+    muon_weight_decay: float = Field(0.0, ge=0.0, description="Muon decoupled weight decay.")
+    grad_clip: float = Field(1.0, ge=0.0, description="Clip the global gradient norm to this (0 disables).")
+    schedule: ScheduleName = Field("cosine", description="LR decay after warmup: cosine, linear, wsd or constant.")
+    warmup_steps: int = Field(100, ge=0, description="Linear warmup steps.")
+    min_lr_ratio: float = Field(0.1, ge=0.0, le=1.0, description="Final LR as a fraction of the peak.")
+    decay_fraction: float = Field(0.2, gt=0.0, le=1.0, description="wsd only: fraction of the run spent decaying.")
+    eval_interval: int = Field(250, ge=0, description="Evaluate every this many steps (0: only at the end).")
+    eval_batches: int = Field(20, ge=0, description="Validation batches per periodic evaluation (0: the whole split).")
+    final_eval_full: bool = Field(True, description="Evaluate on the whole validation split at the last step.")
+    sample_interval: int = Field(0, ge=0, description="Log a sample every this many steps (0: only at the end).")
+    sample_prompt: str = Field("\n", description="Prompt of the periodic samples.")
+    sample_tokens: int = Field(64, ge=0, description="Tokens per periodic sample (0 disables sampling).")
+    checkpoint_interval: int = Field(500, ge=0, description="Save every this many steps (0: only at the end).")
+    keep_last: int = Field(2, ge=0, description="Keep this many newest checkpoints (0 keeps all).")
+    keep_best: bool = Field(True, description="Also keep the checkpoint with the lowest validation loss.")
+    log_interval: int = Field(10, ge=1, description="Write a metrics record every this many steps.")
+    device: str = Field("auto", description="auto (cuda → mps → cpu), cpu, cuda, cuda:N or mps.")
+    precision: Precision = Field("auto", description="auto (bf16 on capable GPUs, fp32 on CPU), fp32, bf16, fp16.")
+    compile: bool | None = Field(
+        None, description="torch.compile the model; default on for CUDA, off on CPU (measured: no gain, ~20 s cost)."
+    )
+    threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's choice).")
+    progress: bool = Field(True, description="Show a progress bar on rank 0.")
+    plot: bool = Field(True, description="Redraw loss.png at each evaluation.")
+    metrics_backends: tuple[Backend, ...] = Field((), description="Extra metric sinks: tensorboard, wandb.")
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainConfig:
+        if self.micro_batch_size is not None and self.batch_size % self.micro_batch_size != 0:
+            raise ValueError(
+                f"batch_size must be a multiple of micro_batch_size (batch_size={self.batch_size}, "
+                f"micro_batch_size={self.micro_batch_size})"
+            )
+        return self
+
+    def grad_accum_steps(self, world_size: int) -> int:
+        """Micro-steps per optimizer step so that ranks × micro-steps × micro-batch = the global batch.
+
+        Raises:
+            ConfigError: When the global batch does not split evenly over the ranks.
+        """
+        micro = self.micro_batch_size or self.batch_size // world_size
+        if micro < 1 or self.batch_size % (micro * world_size) != 0:
+            raise ConfigError(
+                f"train.batch_size={self.batch_size} does not split into {world_size} rank(s) × "
+                f"micro_batch_size={micro}; pick a batch size divisible by both"
+            )
+        return self.batch_size // (micro * world_size)
+
+    @property
+    def micro_batch(self) -> int | None:
+        """The configured micro-batch (``None``: derived from the world size)."""
+        return self.micro_batch_size
+
+
+class BatchSource(Protocol):
+    """An endless iterator of training batches that can save and restore its position (exact resume)."""
+
+    def __next__(self) -> Batch:
+        """Return the next ``(x, y)`` batch for this rank."""
+        ...
+
+    def state_dict(self) -> dict[str, Any]:
+        """JSON-able position."""
+        ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from a saved position."""
+        ...
+
+
+@dataclass
+class TrainResult:
+    """What a finished run reports."""
+
+    step: int
+    tokens: int
+    val_loss: float | None
+    val_bpb: float | None
+    best_val_loss: float | None
+    checkpoint: Path | None
+    seconds: float
+
+
+class NonFiniteLossError(MicrogptError):
+    """The training loss became NaN or infinite."""
+
+
+class Trainer(ABC):
+    """The training loop; subclasses provide the model, the batches and a few config facts.
+
+    Args:
+        config: The training settings.
+        out_dir: Run directory (checkpoints, metrics.jsonl, loss.png).
+        seed: Seed of model init and sampling (data order is the loader's own seed).
+        dist: This process's place in a torchrun job (default: read from the environment).
+    """
+
+    def __init__(self, config: TrainConfig, out_dir: Path, *, seed: int = 1337, dist: DistInfo | None = None) -> None:
+        """Store the settings; nothing heavy happens until :meth:`fit`."""
+        self.config = config
+        self.out_dir = Path(out_dir)
+        self.seed = seed
+        self.dist = dist or DistInfo.from_env()
+        self.device = pick_device(config.device, self.dist.local_rank)
+        self.grad_accum = config.grad_accum_steps(self.dist.world_size)
+        self.parent: str | None = None  # checkpoint id this run started from (fine-tuning sets it)
+
+    # ---- hooks ------------------------------------------------------------------------------------------------
+
+    @abstractmethod
+    def build_model(self) -> nn.Module:
+        """Return the freshly initialised model (on the CPU; the trainer moves it)."""
+
+    @abstractmethod
+    def build_train_loader(self, micro_batch_size: int) -> BatchSource:
+        """Return this rank's endless training batches of ``micro_batch_size`` sequences."""
+
+    @abstractmethod
+    def eval_batches(self, max_batches: int | None) -> Iterable[Batch]:
+        """Yield this rank's validation batches (all of them when ``max_batches`` is None)."""
+
+    @abstractmethod
+    def model_config_dict(self) -> dict[str, Any]:
+        """The model config as JSON data (saved with every checkpoint)."""
+
+    @abstractmethod
+    def run_config_yaml(self) -> str:
+        """The whole run config as YAML text (saved with every checkpoint)."""
+
+    def compute_loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+        """Mean loss of one micro-batch (default: the model's own ``(logits, loss)`` with targets)."""
+        x, y = batch
+        _, loss = model(x, y)
+        assert loss is not None
+        return loss  # type: ignore[no-any-return]  # nn.Module.__call__ is untyped
+
+    def bits_per_byte(self, loss: float) -> float | None:
+        """Convert a mean validation loss (nats/token) to bits per byte, when the data knows its bytes."""
+        return None
+
+    def sample_text(self, model: nn.Module, prompt: str, max_new_tokens: int) -> str | None:
+        """Generate a short sample to log (default: none)."""
+        return None
+
+    def checkpoint_meta(self) -> dict[str, Any]:
+        """Extra fields for each checkpoint's ``meta.json`` (e.g. the tokenizer fingerprint)."""
+        return {}
+
+    def write_checkpoint_extra(self, directory: Path) -> None:
+        """Add files to a checkpoint being written (e.g. the tokenizer); the base adds none."""
+        del directory
+
+    def init_weights_from(self, model: nn.Module) -> None:
+        """Load starting weights into a fresh model when not resuming (fine-tuning loads its parent's).
+
+        The base keeps the model's own initialisation.
+        """
+        del model
+
+    # ---- the loop ---------------------------------------------------------------------------------------------
+
+    def fit(self) -> TrainResult:
+        """Train from scratch, or resume from the newest complete checkpoint in ``out_dir``.
+
+        Returns:
+            The final step, tokens, validation loss and bits per byte, and the last checkpoint.
+
+        Raises:
+            NonFiniteLossError: When the loss becomes NaN/inf (the last good checkpoint is kept).
+            MicrogptError: For bad input (corrupt checkpoint, mismatched weights, full disk).
+        """
+        cfg = self.config
+        started = time.perf_counter()
+        if cfg.threads is not None:
+            torch.set_num_threads(cfg.threads)
+        joined = self.dist.is_distributed and not torch_dist.is_initialized()
+        init_distributed(self.dist, self.device)
+        try:
+            return self._fit(started)
+        finally:
+            if joined:
+                destroy_distributed()
+
+    def _fit(self, started: float) -> TrainResult:
+        cfg, dist, device = self.config, self.dist, self.device
+        ckpt_root = self.out_dir / "checkpoints"
+        resume = latest_checkpoint(ckpt_root)
+        seed_everything(self.seed)  # identical init on every rank (DDP also broadcasts rank 0's weights)
+        raw_model = self.build_model()
+        if resume is not None:
+            load_model_weights(raw_model, resume)
+        else:
+            self.init_weights_from(raw_model)
+        raw_model.to(device)
+        if dist.is_distributed:
+            torch.manual_seed(self.seed + dist.rank)  # dropout masks differ per rank
+        optimizers = build_optimizers(
+            raw_model,
+            optimizer=cfg.optimizer,
+            lr=cfg.lr,
+            weight_decay=cfg.weight_decay,
+            betas=(cfg.beta1, cfg.beta2),
+            muon_lr=cfg.muon_lr,
+            muon_momentum=cfg.muon_momentum,
+            muon_weight_decay=cfg.muon_weight_decay,
+        )
+        micro = cfg.micro_batch_size or cfg.batch_size // dist.world_size
+        loader = self.build_train_loader(micro)
+        step, tokens, best_val = 0, 0, math.inf
+        last_val: tuple[float, float | None] | None = None
+        if resume is not None:
+            meta = read_meta(resume)
+            state = _read_json(resume / "trainer.json")
+            load_optimizer_state(optimizers, resume)
+            step, tokens = int(state["step"]), int(state["tokens"])
+            best_val = float(state.get("best_val_loss") or math.inf)
+            loaders = state["loader"]
+            if len(loaders) == dist.world_size:
+                loader.load_state_dict(loaders[dist.rank])
+            else:
+                raise MicrogptError(
+                    f"{resume} was written by {len(loaders)} rank(s); resume it with the same number of processes"
+                )
+            if meta.get("val_loss") is not None:
+                last_val = (float(meta["val_loss"]), meta.get("val_bpb"))
+            log.info("resuming from %s (step %d, %s tokens)", resume, step, f"{tokens:,}")
+        model: nn.Module = raw_model
+        use_compile = cfg.compile if cfg.compile is not None else device.type == "cuda"
+        if use_compile:
+            model = torch.compile(model)  # type: ignore[assignment]  # returns a callable wrapper of the module
+        if dist.is_distributed:
+            ids = [device.index] if device.type == "cuda" else None
+            model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+        dtype = autocast_dtype(device, cfg.precision)
+        scaler = torch.amp.GradScaler(device.type) if dtype is torch.float16 else None
+        writer = CheckpointWriter(ckpt_root, keep_last=cfg.keep_last, keep_best=cfg.keep_best)
+        metrics = MetricsLog(self.out_dir, cfg.metrics_backends) if dist.is_main else None
+        if metrics is not None and resume is not None:
+            metrics.truncate_after(step)
+        if resume is not None:
+            restore_rng_state(_read_json(resume / "rng.json")[dist.rank if dist.is_distributed else 0])
+        n_params = sum(p.numel() for p in raw_model.parameters())
+        log.info(
+            "training %s parameters on %s (%s), %d rank(s), global batch %d = %d micro-step(s) × %d × %d rank(s)",
+            f"{n_params:,}",
+            device,
+            str(dtype).replace("torch.", ""),
+            dist.world_size,
+            cfg.batch_size,
+            self.grad_accum,
+            micro,
+            dist.world_size,
+        )
+        bar = tqdm(
+            total=cfg.max_steps, initial=step, disable=not (dist.is_main and cfg.progress), unit="step", leave=True
+        )
+        start_step, last_ckpt = step, resume
+        pending: dict[str, Any] | None = None
+        interval_tokens, interval_start = 0, time.perf_counter()
+        loss_value = math.nan
+        try:
+            while True:
+                last_step = step == cfg.max_steps
+                resumed_here = resume is not None and step == start_step  # periodic work was done before the save
+                record = pending or {}
+                pending = None
+                evaluated = False
+                if not resumed_here and (last_step or _due(step, cfg.eval_interval)):
+                    full = last_step and cfg.final_eval_full
+                    val_loss = self._evaluate(model, None if full or cfg.eval_batches == 0 else cfg.eval_batches)
+                    val_bpb = self.bits_per_byte(val_loss)
+                    last_val, evaluated = (val_loss, val_bpb), True
+                    best_val = min(best_val, val_loss)
+                    record.update({"step": step, "tokens": tokens, "val_loss": val_loss, "val_bpb": val_bpb})
+                    bpb_text = f", {val_bpb:.4f} bits/byte" if val_bpb is not None else ""
+                    log.info("step %d: val loss %.4f%s", step, val_loss, bpb_text)
+                if metrics is not None and record:
+                    metrics.write(record)
+                    if evaluated and cfg.plot:
+                        metrics.plot()
+                if not resumed_here and cfg.sample_tokens and (last_step or _due(step, cfg.sample_interval)):
+                    self._log_sample(raw_model)
+                if not resumed_here and step > 0 and (last_step or _due(step, cfg.checkpoint_interval)):
+                    last_ckpt = self._save(
+                        writer, step, tokens, raw_model, optimizers, loader, best_val, last_val if evaluated else None
+                    )
+                    interval_start = time.perf_counter()  # keep eval and save time out of tokens/s
+                if last_step:
+                    break
+
+                # ---- one optimizer step: micro-steps with accumulation ----
+                loss_sum = torch.zeros((), device=device)
+                for micro_step in range(self.grad_accum):
+                    x, y = next(loader)
+                    x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                    sync = micro_step == self.grad_accum - 1
+                    no_sync = model.no_sync() if isinstance(model, nn.parallel.DistributedDataParallel) else None
+                    with no_sync if no_sync is not None and not sync else contextlib.nullcontext():
+                        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not torch.float32):
+                            loss = self.compute_loss(model, (x, y))
+                        scaled = loss / self.grad_accum
+                        (scaler.scale(scaled) if scaler is not None else scaled).backward()
+                    loss_sum += loss.detach()
+                    interval_tokens += x.numel() * dist.world_size
+                tokens += x.numel() * dist.world_size * self.grad_accum
+                if scaler is not None:
+                    for opt in optimizers:
+                        scaler.unscale_(opt)
+                if cfg.grad_clip > 0:
+                    nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.grad_clip)
+                multiplier = lr_multiplier(
+                    step,
+                    max_steps=cfg.max_steps,
+                    warmup_steps=cfg.warmup_steps,
+                    schedule=cfg.schedule,
+                    min_lr_ratio=cfg.min_lr_ratio,
+                    decay_fraction=cfg.decay_fraction,
+                )
+                set_learning_rate(optimizers, multiplier)
+                for opt in optimizers:
+                    if scaler is not None:
+                        scaler.step(opt)
+                    else:
+                        opt.step()
+                if scaler is not None:
+                    scaler.update()
+                for opt in optimizers:
+                    opt.zero_grad(set_to_none=True)
+                step += 1
+                bar.update(1)
+
+                # ---- log: sync the loss only when it is logged or a save/eval follows (a GPU sync costs) ----
+                log_due = step % cfg.log_interval == 0
+                next_saves = (
+                    step == cfg.max_steps or _due(step, cfg.checkpoint_interval) or _due(step, cfg.eval_interval)
+                )
+                if log_due or next_saves:
+                    loss_value = self._mean_across_ranks(loss_sum / self.grad_accum)
+                    if not math.isfinite(loss_value):
+                        kept = f"the last good checkpoint is {last_ckpt}" if last_ckpt else "no checkpoint was saved"
+                        raise NonFiniteLossError(
+                            f"training loss is {loss_value} at step {step}; stopped ({kept}). "
+                            "Lower train.lr or raise train.warmup_steps."
+                        )
+                if log_due:
+                    elapsed = max(time.perf_counter() - interval_start, 1e-9)
+                    rate = interval_tokens / elapsed
+                    pending = {
+                        "step": step,
+                        "tokens": tokens,
+                        "train_loss": loss_value,
+                        "lr": optimizers[0].param_groups[0]["lr"],
+                        "tokens_per_sec": rate,
+                    }
+                    bar.set_postfix(loss=f"{loss_value:.4f}", tok_s=f"{rate:,.0f}", refresh=False)
+                    interval_tokens, interval_start = 0, time.perf_counter()
+        finally:
+            bar.close()
+            if metrics is not None:
+                metrics.close()
+        return TrainResult(
+            step=step,
+            tokens=tokens,
+            val_loss=last_val[0] if last_val is not None else None,
+            val_bpb=last_val[1] if last_val is not None else None,
+            best_val_loss=best_val if math.isfinite(best_val) else None,
+            checkpoint=last_ckpt,
+            seconds=time.perf_counter() - started,
+        )
+
+    # ---- pieces of the loop -----------------------------------------------------------------------------------
+
+    def _mean_across_ranks(self, value: torch.Tensor) -> float:
+        if self.dist.is_distributed:
+            value = value.clone()
+            torch_dist.all_reduce(value)  # SUM: gloo has no AVG
+            value /= self.dist.world_size
+        return float(value.item())
+
+    @torch.no_grad()
+    def _evaluate(self, model: nn.Module, max_batches: int | None) -> float:
+        """Mean loss per target token over the validation batches, across all ranks."""
+        dtype = autocast_dtype(self.device, self.config.precision)
+        model.eval()
+        total = torch.zeros(2, dtype=torch.float64, device=self.device)  # [sum of losses, count of targets]
+        try:
+            for x, y in self.eval_batches(max_batches):
+                x, y = x.to(self.device), y.to(self.device)
+                with torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not torch.float32):
+                    loss = self.compute_loss(model, (x, y))
+                count = (y != -1).sum()
+                total[0] += loss.double() * count
+                total[1] += count
+        finally:
+            model.train()
+        if self.dist.is_distributed:
+            torch_dist.all_reduce(total)
+        if total[1].item() == 0:
+            raise MicrogptError("the validation split is empty: nothing to evaluate")
+        return float((total[0] / total[1]).item())
+
+    def _log_sample(self, model: nn.Module) -> None:
+        if not self.dist.is_main:
+            return
+        model.eval()
+        try:
+            with torch.random.fork_rng(devices=[]):  # sampling must not move the training RNG (exact resume)
+                text = self.sample_text(model, self.config.sample_prompt, self.config.sample_tokens)
+        finally:
+            model.train()
+        if text is not None:
+            log.info("sample: %r", text)
+
+    def _save(
+        self,
+        writer: CheckpointWriter,
+        step: int,
+        tokens: int,
+        raw_model: nn.Module,
+        optimizers: list[torch.optim.Optimizer],
+        loader: BatchSource,
+        best_val: float,
+        val: tuple[float, float | None] | None,
+    ) -> Path:
+        rng = capture_rng_state()
+        loader_state = loader.state_dict()
+        rng_states, loader_states = [rng], [loader_state]
+        if self.dist.is_distributed:  # every rank's RNG and data position travel with the checkpoint
+            gathered: list[Any] = [None] * self.dist.world_size
+            torch_dist.all_gather_object(gathered, (rng, loader_state))
+            rng_states = [g[0] for g in gathered]
+            loader_states = [g[1] for g in gathered]
+        path = writer.root / f"step-{step:07d}"
+        if self.dist.is_main:
+            trainer_state = {
+                "step": step,
+                "tokens": tokens,
+                "best_val_loss": best_val if math.isfinite(best_val) else None,
+                "loader": loader_states,
+                "world_size": self.dist.world_size,
+            }
+            meta = {
+                "tokens": tokens,
+                "val_loss": val[0] if val else None,
+                "val_bpb": val[1] if val else None,
+                "best_val_loss": trainer_state["best_val_loss"],
+                "parent": self.parent,
+                **self.checkpoint_meta(),
+            }
+            path = writer.save(
+                step,
+                model=raw_model,
+                optimizers=optimizers,
+                model_config=self.model_config_dict(),
+                run_config_yaml=self.run_config_yaml(),
+                trainer_state=trainer_state,
+                rng_states=rng_states,
+                meta=meta,
+                write_extra=self.write_checkpoint_extra,
+            )
+            log.info("saved %s", path)
+        barrier()
+        return path
+
+
+def _due(step: int, interval: int) -> bool:
+    return interval > 0 and step % interval == 0
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise MicrogptError(f"cannot read {path}: {error}") from None
