@@ -1,0 +1,345 @@
+"""HellaSwag: pick the right ending of a short story, scored by the language model's loss on each ending.
+
+Each item has a context and four endings; the model "answers" with the ending it finds most likely. Following
+nanoGPT/llm.c (``hellaswag.py``), the text of a row is ``context + " " + ending`` tokenized as
+``encode(context)`` then ``encode(" " + ending)``, and only the ending's tokens are scored:
+
+- ``acc``: the ending with the lowest *summed* cross-entropy (highest log-likelihood) wins — the definition of
+  lm-eval-harness's ``acc``.
+- ``acc_norm``: the ending with the lowest *mean* cross-entropy per token wins. This is what nanoGPT and llm.c
+  report as ``acc_norm``; GPT-2 124M scores ≈ 0.2955 on the full validation set with it, the figure quoted by
+  the nanoGPT family. It is the default because it lets our numbers be compared with theirs.
+- ``acc_norm_chars``: the summed log-likelihood divided by the ending's length in characters — the length
+  normalisation of EleutherAI's lm-eval-harness (its ``acc_norm``; 0.3114 for GPT-2 124M). The harness also
+  rewrites the prompt (activity label prefix, ``[title]`` cleanup), which we do not, so this number is close to
+  but not the same as the harness's.
+
+Rows are batched: the four endings of ``batch_size`` items become ``4·batch_size`` rows, right-padded to the
+longest; causal attention means padding after a row never changes the scores before it, and a mask keeps padding
+out of the loss. Rows longer than the model's context keep their last ``block_size`` tokens (the context is
+cut from the left; GPT-2's 1,024 tokens never need it).
+
+The standard file is rowanz/hellaswag's ``hellaswag_val.jsonl`` (10,042 items); pass a local path or let
+:func:`resolve_hellaswag_file` download and cache it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from microgpt.common.aio import download, run_sync
+from microgpt.common.errors import MicrogptError
+from microgpt.common.log import get_logger
+
+log = get_logger(__name__)
+
+HELLASWAG_VAL_URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_val.jsonl"
+N_ENDINGS = 4
+MAX_FILE_BYTES = 64 << 20  # the val file is ~12 MB; anything far larger is not HellaSwag
+
+
+class TextEncoder(Protocol):
+    """What scoring needs from a tokenizer: microgpt's :class:`~microgpt.tokenizer.Tokenizer` or tiktoken's."""
+
+    def encode_ordinary(self, text: str) -> list[int]:
+        """Encode text, treating special-token text as ordinary text."""
+        ...
+
+
+@dataclass(frozen=True)
+class HellaSwagItem:
+    """One question: a context, four candidate endings and the index of the right one."""
+
+    ind: int
+    context: str
+    endings: tuple[str, str, str, str]
+    label: int
+
+
+@dataclass(frozen=True)
+class HellaSwagResult:
+    """Accuracies over ``n_items`` questions (chance is 0.25 for each)."""
+
+    n_items: int
+    acc: float
+    acc_norm: float
+    acc_norm_chars: float
+
+    def to_dict(self) -> dict[str, float | int]:
+        """The result as a JSON-able dict (for reports and metrics files)."""
+        return asdict(self)
+
+
+def _parse_line(line: str, where: str) -> HellaSwagItem:
+    """Validate one jsonl line of the rowanz format; ``where`` is ``path:line`` for the error message."""
+    try:
+        raw = json.loads(line)
+    except json.JSONDecodeError as error:
+        raise MicrogptError(f"{where}: not valid JSON ({error.msg})") from None
+    if not isinstance(raw, dict):
+        raise MicrogptError(f"{where}: expected a JSON object, got {type(raw).__name__}")
+    missing = [key for key in ("ctx", "endings", "label") if key not in raw]
+    if missing:
+        raise MicrogptError(f"{where}: missing key(s) {', '.join(missing)} (is this a HellaSwag jsonl file?)")
+    context, endings, label = raw["ctx"], raw["endings"], raw["label"]
+    if not isinstance(context, str):
+        raise MicrogptError(f"{where}: 'ctx' must be a string")
+    if not isinstance(endings, list) or len(endings) != N_ENDINGS or not all(isinstance(e, str) and e for e in endings):
+        raise MicrogptError(f"{where}: 'endings' must be a list of {N_ENDINGS} non-empty strings")
+    # bool is an int in Python; a label of `true` is still malformed.
+    if not isinstance(label, int) or isinstance(label, bool) or not 0 <= label < N_ENDINGS:
+        raise MicrogptError(f"{where}: 'label' must be an integer 0-{N_ENDINGS - 1}, got {label!r}")
+    ind = raw.get("ind", -1)
+    return HellaSwagItem(
+        ind=ind if isinstance(ind, int) else -1,
+        context=context,
+        endings=(endings[0], endings[1], endings[2], endings[3]),
+        label=label,
+    )
+
+
+def load_hellaswag(path: str | Path, limit: int | None = None) -> list[HellaSwagItem]:
+    """Read HellaSwag items from a jsonl file in the rowanz/hellaswag format.
+
+    Args:
+        path: A ``.jsonl`` file: one object per line with ``ctx``, ``endings`` (4 strings) and ``label`` (0-3).
+        limit: Read only the first ``limit`` items.
+
+    Returns:
+        The items in file order.
+
+    Raises:
+        MicrogptError: When the file is missing, unreadable, empty, or a line is malformed (the message names the
+            line number).
+    """
+    path = Path(path)
+    items: list[HellaSwagItem] = []
+    try:
+        with open(path, encoding="utf-8") as handle:
+            for number, line in enumerate(handle, start=1):
+                if limit is not None and len(items) >= limit:
+                    break
+                if line.strip():
+                    items.append(_parse_line(line, f"{path}:{number}"))
+    except FileNotFoundError:
+        raise MicrogptError(f"HellaSwag file not found: {path}") from None
+    except UnicodeDecodeError as error:
+        raise MicrogptError(f"{path}: not valid UTF-8 at byte {error.start}") from None
+    except OSError as error:
+        raise MicrogptError(f"cannot read {path}: {error.strerror or error}") from None
+    if not items:
+        raise MicrogptError(f"{path}: no HellaSwag items found")
+    return items
+
+
+def resolve_hellaswag_file(source: str | Path | None = None, cache_dir: str | Path | None = None) -> Path:
+    """Return a local HellaSwag file: ``source`` itself, or a URL downloaded into microgpt's cache.
+
+    Args:
+        source: A local path, an ``http(s)://`` URL, or ``None`` for the standard validation file
+            (:data:`HELLASWAG_VAL_URL`).
+        cache_dir: Download cache (default ``$MICROGPT_CACHE_DIR`` or ``~/.cache/microgpt``).
+
+    Raises:
+        DownloadError: When the download fails.
+    """
+    if source is None:
+        source = HELLASWAG_VAL_URL
+    text = str(source)
+    if text.startswith(("http://", "https://")):
+        log.info("HellaSwag: fetching %s (cached after the first time)", text)
+        return run_sync(download(text, cache_dir=cache_dir, max_bytes=MAX_FILE_BYTES))
+    return Path(source)
+
+
+def render_item(item: HellaSwagItem, encoder: TextEncoder) -> tuple[list[int], list[list[int]]]:
+    """Tokenize an item the nanoGPT way: ``encode(context)`` and, per ending, ``encode(" " + ending)``.
+
+    Returns:
+        ``(context_ids, [ending_ids × 4])``.
+    """
+    context = encoder.encode_ordinary(item.context)
+    # The space belongs to the ending: GPT-2's BPE attaches a leading space to the next word (" the").
+    endings = [encoder.encode_ordinary(" " + ending) for ending in item.endings]
+    return context, endings
+
+
+def build_batch(
+    rendered: Sequence[tuple[list[int], list[list[int]]]], block_size: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pack items into padded rows: four rows per item, context then ending, cut to the last ``block_size``.
+
+    Returns:
+        ``(tokens, mask)``, both (4·n_items, T) with T the longest row (≤ ``block_size``): ``tokens`` int64 padded
+        with 0, ``mask`` bool, true on ending tokens.
+    """
+    rows: list[list[int]] = []
+    masks: list[list[bool]] = []
+    for context, endings in rendered:
+        for ending in endings:
+            row = (context + ending)[-block_size:]
+            mask = ([False] * len(context) + [True] * len(ending))[-block_size:]
+            rows.append(row)
+            masks.append(mask)
+    width = max(len(row) for row in rows)
+    tokens = torch.zeros(len(rows), width, dtype=torch.long)
+    mask_t = torch.zeros(len(rows), width, dtype=torch.bool)
+    for i, (row, mask) in enumerate(zip(rows, masks, strict=True)):
+        tokens[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+        mask_t[i, : len(mask)] = torch.tensor(mask, dtype=torch.bool)
+    return tokens, mask_t
+
+
+def _logits_of(model: Callable[..., Any], idx: torch.Tensor) -> torch.Tensor:
+    """Next-token logits (B, T, V) from microgpt's GPT (returns ``(logits, loss)``) or a transformers model."""
+    out = model(idx)
+    if isinstance(out, tuple):
+        out = out[0]
+    elif hasattr(out, "logits"):
+        out = out.logits
+    if not isinstance(out, torch.Tensor):
+        raise TypeError(f"model returned {type(out).__name__}; expected logits, (logits, loss) or .logits")
+    return out
+
+
+def score_rows(logits: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row summed and mean cross-entropy of the masked (ending) tokens.
+
+    Args:
+        logits: (R, T, V) next-token logits for ``tokens``.
+        tokens: (R, T) token ids.
+        mask: (R, T) true where the token is part of the ending.
+
+    Returns:
+        ``(sum_loss, mean_loss)``, each (R,) float32. An ending token at position 0 has no prediction and is
+        skipped (only possible when truncation cut the whole context away).
+    """
+    R, T, V = logits.shape
+    # Position t predicts token t+1: shift so logits[:, t] lines up with targets[:, t] = tokens[:, t+1].
+    targets = tokens[:, 1:]  # (R, T-1)
+    losses = F.cross_entropy(logits[:, :-1].float().reshape(-1, V), targets.reshape(-1), reduction="none")
+    losses = losses.view(R, T - 1)
+    target_mask = mask[:, 1:].float()  # (R, T-1)
+    sum_loss = (losses * target_mask).sum(dim=1)
+    mean_loss = sum_loss / target_mask.sum(dim=1).clamp(min=1.0)
+    return sum_loss, mean_loss
+
+
+def _batches(items: Sequence[HellaSwagItem], size: int) -> Iterator[Sequence[HellaSwagItem]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+@torch.inference_mode()
+def score_hellaswag(
+    model: nn.Module,
+    encoder: TextEncoder,
+    items: Sequence[HellaSwagItem],
+    *,
+    block_size: int | None = None,
+    batch_size: int = 8,
+    progress: bool = False,
+) -> HellaSwagResult:
+    """Score a model on HellaSwag items (see the module docstring for the three accuracy definitions).
+
+    Args:
+        model: microgpt's :class:`~microgpt.model.gpt.GPT` (or any module returning logits, ``(logits, loss)``
+            or an object with ``.logits``, such as a ``transformers`` causal LM). Put in eval mode while scoring,
+            then restored.
+        encoder: The model's tokenizer (``encode_ordinary``).
+        items: The questions (:func:`load_hellaswag`).
+        block_size: Longest row the model accepts; default ``model.config.block_size``, else 1,024.
+        batch_size: Items per forward pass (four rows each).
+        progress: Show a progress bar.
+
+    Returns:
+        The accuracies.
+
+    Raises:
+        ValueError: When ``items`` is empty or ``batch_size`` < 1.
+    """
+    if not items:
+        raise ValueError("no HellaSwag items to score")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if block_size is None:
+        config = getattr(model, "config", None)
+        block_size = int(getattr(config, "block_size", None) or getattr(config, "n_positions", None) or 1024)
+    target = next(model.parameters()).device  # the rows go where the model is
+    was_training = model.training
+    model.eval()
+    correct = correct_norm = correct_chars = done = 0
+    try:
+        bar = tqdm(total=len(items), desc="hellaswag", unit="item", disable=not progress)
+        for chunk in _batches(items, batch_size):
+            tokens, mask = build_batch([render_item(item, encoder) for item in chunk], block_size)
+            tokens, mask = tokens.to(target), mask.to(target)
+            sum_loss, mean_loss = score_rows(_logits_of(model, tokens), tokens, mask)
+            sum_loss, mean_loss = sum_loss.view(-1, N_ENDINGS).cpu(), mean_loss.view(-1, N_ENDINGS).cpu()
+            chars = torch.tensor([[len(e) for e in item.endings] for item in chunk], dtype=torch.float32)
+            labels = torch.tensor([item.label for item in chunk])
+            # argmin of a loss = argmax of a log-likelihood; ties go to the first ending, as in nanoGPT.
+            correct += int((sum_loss.argmin(dim=1) == labels).sum())
+            correct_norm += int((mean_loss.argmin(dim=1) == labels).sum())
+            correct_chars += int(((sum_loss / chars).argmin(dim=1) == labels).sum())
+            done += len(chunk)
+            bar.update(len(chunk))
+            bar.set_postfix(acc_norm=f"{correct_norm / done:.4f}")
+        bar.close()
+    finally:
+        model.train(was_training)
+    n = len(items)
+    return HellaSwagResult(n_items=n, acc=correct / n, acc_norm=correct_norm / n, acc_norm_chars=correct_chars / n)
+
+
+def evaluate_hellaswag(
+    model: nn.Module,
+    encoder: TextEncoder,
+    source: str | Path | None = None,
+    *,
+    limit: int | None = None,
+    batch_size: int = 8,
+    progress: bool = False,
+    cache_dir: str | Path | None = None,
+) -> HellaSwagResult:
+    """Evaluate a model on HellaSwag from a file or URL: the one call the CLI and the pipeline report use.
+
+    Args:
+        model: The model (see :func:`score_hellaswag`).
+        encoder: Its tokenizer.
+        source: A local jsonl path, a URL, or ``None`` for the standard validation set (downloaded once, cached).
+        limit: Score only the first ``limit`` items.
+        batch_size: Items per forward pass.
+        progress: Show a progress bar.
+        cache_dir: Download cache folder.
+
+    Returns:
+        The accuracies; ``acc_norm`` is the nanoGPT definition (mean token loss of the ending).
+
+    Raises:
+        MicrogptError: On a missing or malformed file or a failed download.
+
+    >>> # result = evaluate_hellaswag(model, tokenizer, "hellaswag_val.jsonl", limit=100)
+    >>> # result.acc_norm  → e.g. 0.29 for GPT-2 124M on the full set
+    """
+    path = resolve_hellaswag_file(source, cache_dir)
+    items = load_hellaswag(path, limit=limit)
+    log.info("HellaSwag: scoring %d items from %s", len(items), path)
+    result = score_hellaswag(model, encoder, items, batch_size=batch_size, progress=progress)
+    log.info(
+        "HellaSwag: acc %.4f  acc_norm %.4f  acc_norm_chars %.4f  (%d items)",
+        result.acc,
+        result.acc_norm,
+        result.acc_norm_chars,
+        result.n_items,
+    )
+    return result
