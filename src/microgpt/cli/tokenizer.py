@@ -1,0 +1,152 @@
+"""``microgpt tokenizer``: train a BPE vocabulary, encode, decode, and describe a tokenizer.
+
+Input files for ``train`` must be text in ``--encoding`` (UTF-8 by default); a file that does not decode is an
+error naming the file and the byte offset — pass ``--encoding latin-1`` (which decodes any bytes) for such
+files. Each file is one document; ``.jsonl`` files give one document per line (its ``text`` field).
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from microgpt.common.aio import read_bytes, run_sync
+from microgpt.common.errors import MicrogptError
+from microgpt.tokenizer import Tokenizer
+from microgpt.tokenizer.tokenizer import ENDOFTEXT
+from microgpt.tokenizer.trainer import capped_documents
+
+tokenizer_app = typer.Typer(help="Train, inspect and use tokenizers.", no_args_is_help=True)
+
+TOKENIZER_HELP = "a saved tokenizer folder, or a pretrained name (gpt2, r50k_base, p50k_base, cl100k_base, ...)"
+
+
+def load_tokenizer(reference: str, cache_dir: Path | None = None) -> Tokenizer:
+    """A folder written by ``save`` if ``reference`` is one, else a pretrained encoding name."""
+    path = Path(reference)
+    if path.is_dir():
+        return Tokenizer.from_directory(path)
+    return Tokenizer.from_pretrained(reference, cache_dir=cache_dir)
+
+
+def _decode(data: bytes, path: Path, encoding: str) -> str:
+    try:
+        return data.decode(encoding)
+    except UnicodeDecodeError as error:
+        raise MicrogptError(
+            f"{path}: not valid {encoding} at byte {error.start}; pass --encoding latin-1 (or the file's encoding)"
+        ) from None
+    except LookupError:
+        raise MicrogptError(f"unknown text encoding {encoding!r}") from None
+
+
+def read_documents(paths: list[Path], encoding: str = "utf-8") -> Iterator[str]:
+    """Yield the documents of text files (one per file) and JSON-lines files (one per line, field ``text``)."""
+    for path in paths:
+        data = run_sync(read_bytes(path))
+        if path.suffix == ".gz":
+            data = gzip.decompress(data)
+        text = _decode(data, path, encoding)
+        if path.name.endswith((".jsonl", ".jsonl.gz")):
+            for number, line in enumerate(text.splitlines(), start=1):
+                if line.strip():
+                    try:
+                        yield str(json.loads(line)["text"])
+                    except (json.JSONDecodeError, KeyError, TypeError):
+                        raise MicrogptError(f"{path}:{number}: not a JSON object with a 'text' field") from None
+        else:
+            yield text.removeprefix("\ufeff")
+
+
+@tokenizer_app.command("train")
+def train(
+    files: Annotated[list[Path], typer.Argument(help="text files (.txt, .jsonl, .jsonl.gz) to train on")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="folder to save the tokenizer in")],
+    vocab_size: Annotated[int, typer.Option("--vocab-size", "-v", help="vocabulary size, specials included")] = 4096,
+    pattern: Annotated[str, typer.Option(help="split pattern: gpt2, gpt4 (= cl100k), o200k, or a regex")] = "gpt4",
+    special: Annotated[
+        list[str] | None, typer.Option("--special", help="special token (repeat for more; default <|endoftext|>)")
+    ] = None,
+    workers: Annotated[int, typer.Option(min=1, help="processes that count chunks")] = 1,
+    max_bytes: Annotated[int | None, typer.Option(help="train on at most this many bytes of text")] = None,
+    encoding: Annotated[str, typer.Option(help="text encoding of the files (latin-1 accepts any bytes)")] = "utf-8",
+    name: Annotated[str, typer.Option(help="the tokenizer's name")] = "bpe",
+) -> None:
+    """Train a byte-level BPE tokenizer on FILES and save it to --out."""
+    documents = capped_documents(read_documents(files, encoding), max_bytes)
+    tok = Tokenizer.train(
+        documents,
+        vocab_size,
+        pattern=pattern,
+        special_tokens=special if special is not None else (ENDOFTEXT,),
+        workers=workers,
+        progress=True,
+        name=name,
+    )
+    tok.save(out)
+    typer.echo(f"saved {tok.name} ({tok.n_vocab} tokens, fingerprint {tok.fingerprint[:12]}) to {out}")
+
+
+@tokenizer_app.command("encode")
+def encode(
+    tokenizer: Annotated[str, typer.Argument(help=TOKENIZER_HELP)],
+    text: Annotated[str | None, typer.Argument(help="text to encode (default: standard input)")] = None,
+    file: Annotated[Path | None, typer.Option("--file", "-f", help="encode this UTF-8 file instead")] = None,
+    allow_special: Annotated[bool, typer.Option(help="encode special-token spellings as special tokens")] = False,
+    cache_dir: Annotated[Path | None, typer.Option(help="folder of pretrained files")] = None,
+) -> None:
+    """Print the token ids of TEXT (space-separated)."""
+    tok = load_tokenizer(tokenizer, cache_dir)
+    if file is not None:
+        source = _decode(run_sync(read_bytes(file)), file, "utf-8")
+    else:
+        source = text if text is not None else sys.stdin.read()
+    ids = tok.encode(source, allowed_special="all" if allow_special else frozenset())
+    typer.echo(" ".join(map(str, ids)))
+
+
+@tokenizer_app.command("decode")
+def decode(
+    tokenizer: Annotated[str, typer.Argument(help=TOKENIZER_HELP)],
+    ids: Annotated[list[str] | None, typer.Argument(help="token ids (default: read from standard input)")] = None,
+    cache_dir: Annotated[Path | None, typer.Option(help="folder of pretrained files")] = None,
+) -> None:
+    """Print the text of token IDS."""
+    tok = load_tokenizer(tokenizer, cache_dir)
+    words = ids if ids else sys.stdin.read().replace(",", " ").split()
+    try:
+        numbers = [int(word) for word in words]
+    except ValueError as error:
+        raise MicrogptError(f"token ids must be integers: {error}") from None
+    typer.echo(tok.decode(numbers), nl=False)
+
+
+@tokenizer_app.command("info")
+def info(
+    tokenizer: Annotated[str, typer.Argument(help=TOKENIZER_HELP)],
+    file: Annotated[Path | None, typer.Option("--file", "-f", help="measure bytes per token on this file")] = None,
+    cache_dir: Annotated[Path | None, typer.Option(help="folder of pretrained files")] = None,
+) -> None:
+    """Describe a tokenizer: size, special tokens, pattern, fingerprint, and compression on a file."""
+    tok = load_tokenizer(tokenizer, cache_dir)
+    typer.echo(f"name:        {tok.name}")
+    typer.echo(f"n_vocab:     {tok.n_vocab}")
+    typer.echo(f"pattern:     {tok.pattern_name}: {tok.pattern}")
+    typer.echo(f"specials:    {', '.join(f'{k}={v}' for k, v in tok.special_tokens.items()) or '(none)'}")
+    typer.echo(f"fingerprint: {tok.fingerprint}")
+    if file is not None:
+        data = run_sync(read_bytes(file))
+        n_tokens = len(tok.encode_ordinary(_decode(data, file, "utf-8")))
+        ratio = len(data) / max(n_tokens, 1)
+        typer.echo(f"compression: {len(data):,} bytes → {n_tokens:,} tokens = {ratio:.3f} bytes/token ({file})")
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``microgpt tokenizer ...`` to the CLI."""
+    app.add_typer(tokenizer_app, name="tokenizer")
