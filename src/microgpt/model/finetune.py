@@ -1,0 +1,243 @@
+"""Stage 2: fine-tune a stage-1 checkpoint on high-quality text — the base trainer's loop with other hooks.
+
+Fine-tuning differs from pretraining only in where things come from, so it overrides hooks and never copies the
+loop (STYLE.md §5):
+
+- the model's architecture is the parent's (``model_config.json``), and its starting weights are the parent's
+  (weights only: the optimizer, its moments and the schedule start fresh, with the lower learning rate of
+  ``train``);
+- training batches come from a prepared stage-2 data folder, in an order seeded by ``data_seed`` (so ingredients
+  can differ by data order alone);
+- validation and bits per byte use the stage-2 validation split of ``eval_data_dir`` (by default the training
+  folder), so ingredients trained on different mixes are still compared on the same documents.
+
+Every checkpoint records its lineage in ``meta.json``: ``parent`` (the content id of the checkpoint it started
+from), ``parent_path``, and ``ancestor`` (the id of the stage-1 checkpoint at the root). Soups refuse
+ingredients whose ancestors differ (Wortsman et al. 2022 average models fine-tuned from one initialisation).
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+from collections.abc import Iterable
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import Field
+from torch import nn
+
+from microgpt.common.checkpoint import CheckpointError, load_model_weights, read_meta, resolve_checkpoint
+from microgpt.common.config import ConfigBase, validate_config
+from microgpt.common.errors import MicrogptError
+from microgpt.common.log import get_logger
+from microgpt.common.trainer import Batch, BatchSource, TrainConfig, Trainer
+from microgpt.data.config import Split
+from microgpt.data.manifest import Manifest
+from microgpt.model.config import GPTConfig
+from microgpt.model.gpt import GPT
+
+log = get_logger(__name__)
+
+TOKENIZER_DIR = "tokenizer"
+
+
+class FinetuneConfig(ConfigBase):
+    """A stage-2 run: which stage-1 checkpoint, which prepared data, how to train."""
+
+    init_from: Path = Field(description="The parent checkpoint: a step directory, or a run directory (its latest).")
+    data_dir: Path = Field(description="Prepared stage-2 data folder (manifest.json) whose train split is used.")
+    eval_data_dir: Path | None = Field(
+        None, description="Prepared folder whose val split is used for evaluation (default: data_dir)."
+    )
+    out_dir: Path = Field(description="Run directory of this fine-tuning run (checkpoints, metrics.jsonl).")
+    train: TrainConfig = Field(
+        default_factory=lambda: TrainConfig(lr=1e-4, warmup_steps=10, max_steps=200, min_lr_ratio=0.0),
+        description="Training settings: fine-tuning wants a lower learning rate and its own, short schedule.",
+    )
+    seed: int = Field(1337, description="Seed of dropout and sampling (the weights come from the parent).")
+    data_seed: int = Field(0, description="Seed of the order of training batches.")
+
+
+def checkpoint_id(step_dir: Path) -> str:
+    """The content id of a checkpoint: ``sha256:`` plus the hash of its weights file (from ``meta.json``).
+
+    Content addressing keeps lineage valid when run folders are moved or copied.
+    """
+    meta = read_meta(step_dir)
+    digest = meta.get("files", {}).get("model.safetensors")
+    if not isinstance(digest, str):
+        raise CheckpointError(f"{step_dir}: meta.json does not list model.safetensors")
+    return f"sha256:{digest}"
+
+
+def ancestor_id(step_dir: Path) -> str:
+    """The stage-1 root of a checkpoint's lineage: its recorded ``ancestor``, or itself when it has no parent."""
+    meta = read_meta(step_dir)
+    ancestor = meta.get("ancestor")
+    if isinstance(ancestor, str) and ancestor:
+        return ancestor
+    return checkpoint_id(step_dir)
+
+
+def tokenizer_fingerprint(step_dir: Path) -> str:
+    """The fingerprint of the tokenizer a checkpoint was trained with (``meta.json``, else its ``tokenizer/``).
+
+    Raises:
+        CheckpointError: When the checkpoint records no tokenizer at all.
+    """
+    value = read_meta(step_dir).get("tokenizer_fingerprint")
+    if isinstance(value, str) and value:
+        return value
+    if (step_dir / TOKENIZER_DIR).is_dir():
+        from microgpt.tokenizer import Tokenizer
+
+        return Tokenizer.from_directory(step_dir / TOKENIZER_DIR).fingerprint
+    raise CheckpointError(f"{step_dir}: the checkpoint records no tokenizer (no tokenizer_fingerprint, no tokenizer/)")
+
+
+def read_model_config(step_dir: Path) -> GPTConfig:
+    """The :class:`GPTConfig` saved in a checkpoint.
+
+    Raises:
+        CheckpointError: When ``model_config.json`` is missing or invalid.
+    """
+    path = step_dir / "model_config.json"
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))  # JSON is YAML; one reader for both
+    except (OSError, yaml.YAMLError) as error:
+        raise CheckpointError(f"{step_dir}: cannot read model_config.json: {error}") from None
+    try:
+        return validate_config(GPTConfig, data)
+    except MicrogptError as error:
+        raise CheckpointError(f"{path}: invalid model config: {error}") from None
+
+
+class FinetuneTrainer(Trainer):
+    """Fine-tunes a stage-1 checkpoint: the base loop, with the parent's model and weights and stage-2 data.
+
+    Args:
+        config: The stage-2 run.
+        run_config: Extra data saved as the run config with each checkpoint (default: ``config``).
+
+    Raises:
+        CheckpointError: When the parent checkpoint is missing or corrupt (before any work).
+        MicrogptError: When the data was tokenized with another tokenizer than the parent's.
+    """
+
+    def __init__(self, config: FinetuneConfig, run_config: dict[str, Any] | None = None) -> None:
+        """Resolve and check the parent and the data; nothing heavy happens until :meth:`fit`."""
+        super().__init__(config.train, config.out_dir, seed=config.seed)
+        self.finetune = config
+        self._run_config = run_config if run_config is not None else config.to_dict()
+        self.parent_dir = resolve_checkpoint(config.init_from)  # missing or corrupt parent: a clear error, now
+        self.parent = checkpoint_id(self.parent_dir)
+        self.ancestor = ancestor_id(self.parent_dir)
+        self.model_config = read_model_config(self.parent_dir)
+        self.fingerprint = tokenizer_fingerprint(self.parent_dir)
+        self.eval_dir = config.eval_data_dir or config.data_dir
+        for folder in {config.data_dir, self.eval_dir}:
+            manifest = Manifest.load(folder)
+            if manifest.tokenizer.fingerprint != self.fingerprint:
+                raise MicrogptError(
+                    f"{folder} was tokenized with {manifest.tokenizer.name!r}, not the tokenizer of the parent "
+                    f"checkpoint {self.parent_dir}: prepare the stage-2 data with the parent's tokenizer/"
+                )
+        self.eval_manifest = Manifest.load(self.eval_dir)
+
+    # ---- hooks of the base loop -------------------------------------------------------------------------------
+
+    def build_model(self) -> nn.Module:
+        """The parent's architecture; its weights arrive in :meth:`init_weights_from`."""
+        return GPT(self.model_config)
+
+    def init_weights_from(self, model: nn.Module) -> None:
+        """Start from the parent's weights (weights only: optimizer and schedule start fresh)."""
+        load_model_weights(model, self.parent_dir)
+        log.info("fine-tuning from %s", self.parent_dir)
+
+    def build_train_loader(self, micro_batch_size: int) -> BatchSource:
+        """Batches of the stage-2 train split, in the order ``data_seed`` picks."""
+        from microgpt.data.loader import TokenLoader
+
+        return TokenLoader(
+            self.finetune.data_dir,
+            "train",
+            micro_batch_size,
+            self.model_config.block_size,
+            rank=self.dist.rank,
+            world_size=self.dist.world_size,
+            shuffle=True,
+            seed=self.finetune.data_seed,
+        )
+
+    def eval_batches(self, max_batches: int | None) -> Iterable[Batch]:
+        """The stage-2 validation split, in order."""
+        from microgpt.data.loader import TokenLoader
+
+        micro = self.config.micro_batch_size or max(self.config.batch_size // self.dist.world_size, 1)
+        loader = TokenLoader(
+            self.eval_dir,
+            "val",
+            micro,
+            self.model_config.block_size,
+            rank=self.dist.rank,
+            world_size=self.dist.world_size,
+            shuffle=False,
+            prefetch=0,
+        )
+        return loader.eval_batches(max_batches)
+
+    def model_config_dict(self) -> dict[str, Any]:
+        """The parent's model config, unchanged (soups need identical architectures)."""
+        return self.model_config.to_dict()
+
+    def run_config_yaml(self) -> str:
+        """The stage-2 run config as YAML."""
+        return yaml.safe_dump(self._run_config, sort_keys=False, allow_unicode=True)
+
+    def bits_per_byte(self, loss: float) -> float | None:
+        """Bits per byte of the validation split: nats/token × tokens / bytes / ln 2 (the split's own counts)."""
+        return bits_per_byte(loss, self.eval_manifest, "val")
+
+    @cached_property
+    def _tokenizer(self) -> Any:
+        from microgpt.tokenizer import Tokenizer
+
+        return Tokenizer.from_directory(self.parent_dir / TOKENIZER_DIR)
+
+    def sample_text(self, model: nn.Module, prompt: str, max_new_tokens: int) -> str | None:
+        """A short sample from the model being trained (needs the parent's ``tokenizer/``)."""
+        if not (self.parent_dir / TOKENIZER_DIR).is_dir() or not isinstance(model, GPT):
+            return None
+        from microgpt.model.generate import generate_ids
+
+        ids = self._tokenizer.encode_ordinary(prompt) or [self._tokenizer.eot_token]
+        new = generate_ids(model, ids, max_new_tokens, temperature=0.8, top_k=50, seed=self.seed)
+        text: str = self._tokenizer.decode(new)
+        return text
+
+    def checkpoint_meta(self) -> dict[str, Any]:
+        """Lineage and tokenizer identity for ``meta.json``."""
+        return {
+            "stage": "finetune",
+            "ancestor": self.ancestor,
+            "parent_path": str(self.parent_dir),
+            "tokenizer_fingerprint": self.fingerprint,
+        }
+
+    def write_checkpoint_extra(self, directory: Path) -> None:
+        """Copy the parent's tokenizer so that the checkpoint samples and evaluates on its own."""
+        source = self.parent_dir / TOKENIZER_DIR
+        if source.is_dir():
+            shutil.copytree(source, directory / TOKENIZER_DIR)
+
+
+def bits_per_byte(loss: float, manifest: Manifest, split: Split) -> float | None:
+    """Convert a mean loss (nats/token) over ``split`` to bits per byte; None when the split has no bytes."""
+    tokens, n_bytes = manifest.split_tokens(split), manifest.split_bytes(split)
+    if tokens <= 0 or n_bytes <= 0:
+        return None
+    return loss * tokens / n_bytes / math.log(2)

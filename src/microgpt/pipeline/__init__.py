@@ -1,0 +1,1 @@
+"""The two-stage pipeline: tokenizer → web pretraining → fine-tuned ingredients → soups → evaluation → report."""

@@ -1,0 +1,140 @@
+from __future__ import annotations
+
+import json
+import math
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+from microgpt.common.checkpoint import CheckpointError, load_weights, read_meta, resolve_checkpoint
+from microgpt.common.config import validate_config
+from microgpt.common.errors import MicrogptError
+from microgpt.common.sources import TextSource
+from microgpt.common.trainer import TrainConfig
+from microgpt.data import DataConfig, prepare_data
+from microgpt.model.finetune import FinetuneConfig, FinetuneTrainer, ancestor_id, checkpoint_id
+from microgpt.model.pretrain import RunConfig, run_pretraining
+from microgpt.tokenizer import Tokenizer
+
+WORDS = "the cat sat on a mat while dogs ran far away from home and birds sang over green hills".split()
+TINY_MODEL = {"n_layer": 1, "n_head": 2, "n_embd": 32, "block_size": 16}
+
+
+def documents(seed: int, n: int = 24, words: int = 80) -> list[str]:
+    """Pseudo-text: seeded word salad, distinct per seed (so stage 1 and stage 2 differ)."""
+    rng = random.Random(seed)
+    vocab = WORDS[seed % 5 :] + WORDS[: seed % 5]
+    return [" ".join(rng.choice(vocab[: 10 + i % 8]) for _ in range(words)) + "." for i in range(n)]
+
+
+def quiet_train(**changes: object) -> dict[str, object]:
+    base: dict[str, object] = {
+        "max_steps": 4,
+        "batch_size": 4,
+        "warmup_steps": 0,
+        "eval_interval": 0,
+        "eval_batches": 2,
+        "checkpoint_interval": 0,
+        "sample_tokens": 0,
+        "progress": False,
+        "plot": False,
+        "device": "cpu",
+        "lr": 3e-3,
+    }
+    base.update(changes)
+    return base
+
+
+def make_stage1(root: Path, seed: int = 1) -> Path:
+    """A tiny pretrained stage-1 run (BPE with 300 tokens, a one-layer GPT, 4 steps); returns its run dir."""
+    config = validate_config(
+        RunConfig,
+        {
+            "out_dir": str(root / "stage1"),
+            "seed": seed,
+            "tokenizer": {"vocab_size": 300},
+            "data": {"sources": [{"type": "text", "texts": documents(0)}], "val_docs": 3, "workers": 1},
+            "model": TINY_MODEL,
+            "train": quiet_train(),
+        },
+    )
+    run_pretraining(config)
+    return root / "stage1"
+
+
+def make_stage2_data(root: Path, stage1: Path, seed: int = 7) -> Path:
+    tokenizer = Tokenizer.from_directory(stage1 / "data" / "tokenizer")
+    config = DataConfig(sources=[TextSource(texts=documents(seed))], val_docs=3, test_docs=3, workers=1)
+    prepare_data(config, tokenizer, root / "stage2-data")
+    return root / "stage2-data"
+
+
+@pytest.fixture(scope="module")
+def stage(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("stage")
+    stage1 = make_stage1(root)
+    return stage1, make_stage2_data(root, stage1)
+
+
+def finetune(stage: tuple[Path, Path], out: Path, **train: object) -> FinetuneTrainer:
+    stage1, data = stage
+    config = FinetuneConfig(
+        init_from=stage1,
+        data_dir=data,
+        out_dir=out,
+        train=validate_config(TrainConfig, quiet_train(**{"lr": 1e-3, **train})),
+    )
+    return FinetuneTrainer(config)
+
+
+def test_finetune_starts_from_the_parent_and_records_lineage(stage: tuple[Path, Path], tmp_path: Path) -> None:
+    stage1, _ = stage
+    parent = resolve_checkpoint(stage1)
+    trainer = finetune(stage, tmp_path / "ft", max_steps=3)
+    model = trainer.build_model()
+    trainer.init_weights_from(model)
+    for name, tensor in load_weights(parent).items():  # weights only: exactly the parent's at step 0
+        torch.testing.assert_close(model.state_dict()[name], tensor)
+    result = trainer.fit()
+    assert result.step == 3 and result.checkpoint is not None
+    assert result.val_loss is not None and math.isfinite(result.val_loss)
+    assert result.val_bpb is not None and result.val_bpb > 0
+    meta = read_meta(result.checkpoint)
+    assert meta["parent"] == checkpoint_id(parent)
+    assert meta["ancestor"] == ancestor_id(parent) == checkpoint_id(parent)  # stage 1 is its own root
+    assert meta["tokenizer_fingerprint"] == read_meta(parent)["tokenizer_fingerprint"]
+    assert (result.checkpoint / "tokenizer").is_dir()
+    changed = load_weights(result.checkpoint)
+    assert any(not torch.equal(changed[k], v) for k, v in load_weights(parent).items())
+    # The optimizer starts fresh: 3 steps of moments, not stage 1's 4 + 3.
+    optimizer = json.loads((result.checkpoint / "optimizer.json").read_text())
+    steps = {s["step"] for s in optimizer[0]["state"].values() if "step" in s}
+    assert steps <= {3}
+
+
+def test_finetune_data_seed_changes_the_order(stage: tuple[Path, Path], tmp_path: Path) -> None:
+    a = finetune(stage, tmp_path / "a").build_train_loader(4)
+    b = FinetuneTrainer(
+        finetune(stage, tmp_path / "b").finetune.model_copy(update={"data_seed": 5, "out_dir": tmp_path / "b"})
+    ).build_train_loader(4)
+    assert not torch.equal(next(a)[0], next(b)[0])
+
+
+def test_missing_parent_is_a_clear_error(stage: tuple[Path, Path], tmp_path: Path) -> None:
+    _, data = stage
+    config = FinetuneConfig(init_from=tmp_path / "nope", data_dir=data, out_dir=tmp_path / "ft")
+    with pytest.raises(CheckpointError, match="checkpoint not found"):
+        FinetuneTrainer(config)
+    assert not (tmp_path / "ft").exists()
+
+
+def test_data_from_another_tokenizer_is_refused(stage: tuple[Path, Path], tmp_path: Path) -> None:
+    stage1, _ = stage
+    other = Tokenizer.train(documents(3), vocab_size=280)
+    data = tmp_path / "other"
+    prepare_data(DataConfig(sources=[TextSource(texts=documents(3))], val_docs=2, workers=1), other, data)
+    config = FinetuneConfig(init_from=stage1, data_dir=data, out_dir=tmp_path / "ft")
+    with pytest.raises(MicrogptError, match="not the tokenizer of the parent"):
+        FinetuneTrainer(config)
