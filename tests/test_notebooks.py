@@ -1,0 +1,49 @@
+"""Execute every notebook in notebooks/ on small settings, so they never rot; and keep them stripped of outputs.
+
+The kernel is ``python3``: ipykernel installs that spec into the virtual environment (``.venv/share/jupyter``)
+and jupyter_client starts it with this interpreter (``sys.executable``), so a fresh clone after ``make sync`` needs
+no ``ipykernel install`` step. The kernel inherits this process's environment, including the hermetic caches of
+``conftest.py`` and ``MICROGPT_NOTEBOOK_SMALL=1``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("*.ipynb"))
+
+
+def read_notebook(path: Path) -> nbformat.NotebookNode:
+    notebook: nbformat.NotebookNode = nbformat.read(path, as_version=4)  # type: ignore[no-untyped-call]  # unannotated
+    return notebook
+
+
+def test_notebooks_exist_and_are_stripped() -> None:
+    names = [path.name for path in NOTEBOOKS]
+    assert "01-tokenizer.ipynb" in names and "02-model.ipynb" in names
+    for path in NOTEBOOKS:
+        notebook = read_notebook(path)
+        nbformat.validate(notebook)
+        for cell in notebook.cells:
+            if cell.cell_type == "code":
+                assert cell.outputs == [] and cell.execution_count is None, f"{path.name}: strip outputs first"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[path.stem for path in NOTEBOOKS])
+def test_notebook_runs(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MICROGPT_NOTEBOOK_SMALL", "1")
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    notebook = read_notebook(path)
+    client = NotebookClient(
+        notebook, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}
+    )
+    client.execute()  # raises CellExecutionError, with the failing cell and its traceback, on any error
+    outputs = [out for cell in notebook.cells if cell.cell_type == "code" for out in cell.outputs]
+    assert not [out for out in outputs if out.output_type == "error"]
+    printed = "".join(out.get("text", "") for out in outputs)
+    assert printed.strip(), f"{path.name} printed nothing"
