@@ -1,0 +1,42 @@
+"""``microgpt eval CHECKPOINT``: validation loss and bits per byte of a checkpoint on a data config."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``eval`` command to ``app``."""
+
+    @app.command("eval")
+    def evaluate(
+        checkpoint: Annotated[Path, typer.Argument(help="Checkpoint step directory, or a run directory (its newest).")],
+        data: Annotated[
+            Path | None, typer.Option("--data", help="YAML with a data section (default: the run's).")
+        ] = None,
+        split: Annotated[str, typer.Option("--split", help="val or test.")] = "val",
+        batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Sequences per batch.")] = 16,
+        max_batches: Annotated[int | None, typer.Option("--max-batches", min=1, help="Stop early.")] = None,
+        device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda, mps.")] = "auto",
+    ) -> None:
+        """Print the mean loss (nats/token) and bits per byte on the split."""
+        from microgpt.common.errors import MicrogptError
+        from microgpt.model.api import evaluate_checkpoint
+
+        if split not in ("val", "test"):
+            raise MicrogptError(f"--split must be val or test, got {split!r}")
+        result = evaluate_checkpoint(
+            checkpoint,
+            data_config=data,
+            split="val" if split == "val" else "test",
+            batch_size=batch_size,
+            max_batches=max_batches,
+            device=device,
+        )
+        typer.echo(
+            f"{split}: loss {result.loss:.4f} nats/token, {result.bits_per_byte:.4f} bits/byte "
+            f"({result.tokens:,} tokens, {result.bytes:,} bytes)"
+        )
