@@ -142,7 +142,8 @@ def load_model_weights(model: nn.Module, path: Path) -> None:
         if unexpected:
             parts.append(f"unexpected {', '.join(unexpected[:3])}{' …' if len(unexpected) > 3 else ''}")
         raise CheckpointError(f"{path}: weights do not match the model config: {'; '.join(parts)}")
-    for name, tensor in tensors.items():
+    for name in expected:  # the model's own order, so the first mismatch named is the first layer's
+        tensor = tensors[name]
         if tuple(tensor.shape) != tuple(expected[name].shape):
             raise CheckpointError(
                 f"{path}: weights do not match the model config: {name} has shape {tuple(tensor.shape)}, "
@@ -320,8 +321,8 @@ def resolve_checkpoint(path: str | Path) -> Path:
         CheckpointError: When ``path`` holds no checkpoint, or the newest one is corrupt.
     """
     path = Path(path)
-    if (path / META).is_file():
-        verify_checkpoint(path)
+    if (path / META).is_file() or (path.is_dir() and _STEP_DIR.match(path.name)):
+        verify_checkpoint(path)  # a step directory without meta.json is an incomplete one: say so
         return path
     for root in (path / "checkpoints", path):
         if list_checkpoints(root):
