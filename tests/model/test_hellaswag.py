@@ -233,3 +233,55 @@ def test_bad_arguments() -> None:
     item = HellaSwagItem(ind=0, context="a", endings=("b", "c", "d", "e"), label=0)
     with pytest.raises(ValueError, match="batch_size"):
         score_hellaswag(model, ByteEncoder(), [item], batch_size=0)
+
+
+# ---- the command line ----------------------------------------------------------------------------------------
+
+
+def _cli(args: list[str]) -> int:
+    from microgpt.cli.main import main
+
+    try:
+        main(args)
+    except SystemExit as exit_:
+        return int(exit_.code or 0)
+    return 0
+
+
+@pytest.mark.slow
+def test_cli_eval_task_hellaswag(tmp_path: Path, val_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from microgpt import load_model
+    from microgpt.model.pretrain import RunConfig, run_pretraining
+
+    text = (val_file.parent.parent / "tinyshakespeare.txt").read_text(encoding="utf-8")[:20_000]
+    run = RunConfig.model_validate(
+        {
+            "out_dir": str(tmp_path / "run"),
+            "tokenizer": {"vocab_size": 300},
+            "data": {"sources": [{"type": "text", "texts": text.split("\n\n")}], "val_fraction": 0.1, "workers": 1},
+            "model": {"n_layer": 1, "n_head": 2, "n_embd": 32, "block_size": 64},
+            "train": {
+                "max_steps": 2,
+                "batch_size": 4,
+                "warmup_steps": 0,
+                "progress": False,
+                "plot": False,
+                "sample_tokens": 0,
+                "device": "cpu",
+            },
+        }
+    )
+    run_pretraining(run)
+    assert _cli(["eval", str(tmp_path / "run"), "--task", "hellaswag", "--hellaswag-file", str(val_file),
+                 "--limit", "12", "--batch-size", "5", "--device", "cpu"]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    loaded = load_model(tmp_path / "run", device="cpu")
+    expected = evaluate_hellaswag(loaded.model, loaded.tokenizer, val_file, limit=12)
+    assert f"hellaswag: acc {expected.acc:.4f}, acc_norm {expected.acc_norm:.4f}" in out and "(12 items)" in out
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(val_file.read_text(encoding="utf-8").splitlines()[0] + "\n{oops\n", encoding="utf-8")
+    assert _cli(["eval", str(tmp_path / "run"), "--task", "hellaswag", "--hellaswag-file", str(bad)]) == 1
+    assert "bad.jsonl:2: not valid JSON" in capsys.readouterr().err
+    assert _cli(["eval", str(tmp_path / "run"), "--task", "hellaswag", "--hellaswag-file", str(tmp_path / "x")]) == 1
+    assert "HellaSwag file not found" in capsys.readouterr().err

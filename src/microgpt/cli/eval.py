@@ -21,9 +21,30 @@ def register(app: typer.Typer) -> None:
         batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Sequences per batch.")] = 16,
         max_batches: Annotated[int | None, typer.Option("--max-batches", min=1, help="Stop early.")] = None,
         device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda, mps.")] = "auto",
+        task: Annotated[
+            str, typer.Option("--task", help="loss (on --data/--split), or hellaswag (--batch-size then counts items).")
+        ] = "loss",
+        hellaswag_file: Annotated[
+            str | None, typer.Option("--hellaswag-file", help="HellaSwag jsonl path or URL (default: val set).")
+        ] = None,
+        limit: Annotated[int | None, typer.Option("--limit", min=1, help="hellaswag: score the first N items.")] = None,
     ) -> None:
-        """Print the mean loss (nats/token) and bits per byte on the split."""
+        """Print the mean loss (nats/token) and bits per byte on the split, or HellaSwag accuracy."""
         from microgpt.common.errors import MicrogptError
+
+        if task == "hellaswag":
+            from microgpt.model.hellaswag import evaluate_hellaswag_checkpoint
+
+            hs = evaluate_hellaswag_checkpoint(
+                checkpoint, hellaswag_file, limit=limit, batch_size=batch_size, device=device, progress=True
+            )
+            typer.echo(
+                f"hellaswag: acc {hs.acc:.4f}, acc_norm {hs.acc_norm:.4f} (mean token loss, as nanoGPT), "
+                f"acc_norm_chars {hs.acc_norm_chars:.4f} ({hs.n_items:,} items)"
+            )
+            return
+        if task != "loss":
+            raise MicrogptError(f"--task must be loss or hellaswag, got {task!r}")
         from microgpt.model.api import evaluate_checkpoint
 
         if split not in ("val", "test"):

@@ -343,3 +343,33 @@ def evaluate_hellaswag(
         result.n_items,
     )
     return result
+
+
+def evaluate_hellaswag_checkpoint(
+    checkpoint: str | Path,
+    source: str | Path | None = None,
+    *,
+    limit: int | None = None,
+    batch_size: int = 8,
+    device: str = "auto",
+    progress: bool = False,
+) -> HellaSwagResult:
+    """Load a checkpoint (with its tokenizer) and evaluate it on HellaSwag: ``microgpt eval CKPT --task hellaswag``.
+
+    Args:
+        checkpoint: A checkpoint step directory, or a run directory (its newest complete checkpoint).
+        source: A local jsonl path, a URL, or ``None`` for the standard validation set.
+        limit: Score only the first ``limit`` items.
+        batch_size: Items per forward pass.
+        device: ``auto`` (cuda → mps → cpu), ``cpu``, ``cuda``...
+        progress: Show a progress bar.
+
+    Raises:
+        MicrogptError: On a missing or corrupt checkpoint, or a missing or malformed HellaSwag file.
+    """
+    from microgpt.model.api import load_model  # api imports the whole model stack; only this entry point needs it
+
+    loaded = load_model(checkpoint, device=device)
+    return evaluate_hellaswag(
+        loaded.model, loaded.tokenizer, source, limit=limit, batch_size=batch_size, progress=progress
+    )
