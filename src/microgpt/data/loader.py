@@ -1,0 +1,261 @@
+"""Batches of ``(x, y)`` token windows from memory-mapped shards, for one rank of many, resumable exactly.
+
+A split is one long token sequence (its shards end to end). Window ``i`` is tokens ``[i*T, i*T + T + 1)``: ``x`` is
+the first ``T``, ``y`` the last ``T`` (shifted by one). Windows never overlap, so an epoch sees each token once
+as a target; a window may span two shards but never another split (each split has its own shards).
+
+Each epoch orders the windows (a permutation seeded by ``(seed, epoch)``, or in order), cuts the order to a
+multiple of ``world_size`` and deals it out: rank ``r`` takes every ``world_size``-th window from ``r``. Ranks are
+disjoint and together cover the epoch; every rank has the same number of batches (DDP needs lockstep). The
+position is ``(epoch, batch)``, so :meth:`TokenLoader.state_dict` is two integers plus checks, and a resumed loader
+yields exactly the batch an uninterrupted one would have.
+
+A background thread assembles the next batches (pinned on CUDA, copied with ``non_blocking``) so the step never
+waits on disk; ``prefetch=0`` turns it off.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import torch
+
+from microgpt.common.errors import MicrogptError
+from microgpt.data.config import Split
+from microgpt.data.manifest import Manifest
+from microgpt.data.shards import open_shard
+
+STATE_VERSION = 1
+Batch = tuple[torch.Tensor, torch.Tensor]
+_Item = tuple[int, int, torch.Tensor, torch.Tensor]  # (epoch, batch, x, y)
+
+
+class TokenLoader:
+    """Iterate ``(x, y)`` int64 batches of shape ``(B, T)`` forever (epoch after epoch); see the module docstring.
+
+    Args:
+        data_dir: A folder written by :func:`~microgpt.data.prepare.prepare_data`.
+        split: ``"train"``, ``"val"`` or ``"test"``.
+        batch_size: ``B``, sequences per batch on this rank.
+        block_size: ``T``, tokens per sequence.
+        rank: This process's rank.
+        world_size: Number of ranks.
+        shuffle: Seeded random window order per epoch (else in order).
+        seed: Seed of the order.
+        device: Where batches go.
+        prefetch: Batches assembled ahead in a background thread (0: none).
+
+    Raises:
+        MicrogptError: When the folder is not prepared, a shard is corrupt, or the split is too small for one window
+            per rank.
+
+    >>> loader = TokenLoader("data/tiny", "train", batch_size=8, block_size=64)  # doctest: +SKIP
+    >>> x, y = next(loader)  # (8, 64) each; y[:, :-1] == x[:, 1:]  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        data_dir: str | Path,
+        split: Split,
+        batch_size: int,
+        block_size: int,
+        *,
+        rank: int = 0,
+        world_size: int = 1,
+        shuffle: bool = True,
+        seed: int = 0,
+        device: torch.device | str = "cpu",
+        prefetch: int = 2,
+    ) -> None:
+        """Open the split's shards (memory-mapped; nothing is read yet)."""
+        if batch_size < 1 or block_size < 1:
+            raise MicrogptError(f"batch_size and block_size must be positive, got {batch_size} and {block_size}")
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise MicrogptError(f"rank {rank} is not in 0..{world_size - 1}")
+        self.data_dir = Path(data_dir)
+        self.manifest = Manifest.load(self.data_dir)
+        self.split, self.batch_size, self.block_size = split, batch_size, block_size
+        self.rank, self.world_size, self.shuffle, self.seed = rank, world_size, shuffle, seed
+        self.device = torch.device(device)
+        self.prefetch = prefetch
+        self._shards = [open_shard(path) for path in self.manifest.shard_paths(self.data_dir, split)]
+        for shard, info in zip(self._shards, self.manifest.split(split).shards, strict=True):
+            if shard.size != info.tokens:
+                raise MicrogptError(f"{self.data_dir / info.file}: {shard.size} tokens, manifest says {info.tokens}")
+        self._offsets = np.cumsum([0] + [shard.size for shard in self._shards])  # (n_shards + 1,)
+        self.tokens = int(self._offsets[-1])
+        n_windows = max(self.tokens - 1, 0) // block_size
+        self.windows_per_rank = n_windows // world_size
+        if self.windows_per_rank == 0:
+            raise MicrogptError(
+                f"{self.data_dir}: the {split} split has {self.tokens:,} tokens, too few for one window of "
+                f"{block_size + 1} tokens per rank ({world_size} ranks); lower block_size or add data"
+            )
+        self.batches_per_epoch = self.windows_per_rank // batch_size
+        self.epoch, self.batch = 0, 0  # position of the next batch to yield
+        self._order_epoch, self._order = -1, np.empty(0, dtype=np.int64)
+        self._thread: threading.Thread | None = None
+        self._queue: queue.Queue[_Item] = queue.Queue(maxsize=max(prefetch, 1))
+        self._stop = threading.Event()
+
+    # ---- windows ---------------------------------------------------------------------------------------------
+
+    def _rank_windows(self, epoch: int) -> npt.NDArray[np.int64]:
+        """This rank's window indices for ``epoch``, in order of use (cached for the current epoch)."""
+        if self._order_epoch != epoch:
+            n = self.windows_per_rank * self.world_size
+            if self.shuffle:
+                order = np.random.default_rng([self.seed, epoch]).permutation(n)  # over all full windows
+            else:
+                order = np.arange(n, dtype=np.int64)
+            self._order, self._order_epoch = order[self.rank :: self.world_size], epoch
+        return self._order
+
+    def _read(self, start: int, out: npt.NDArray[np.int64]) -> None:
+        """Copy tokens ``[start, start + len(out))`` of the split into ``out``, across shard ends if needed."""
+        filled = 0
+        shard = int(np.searchsorted(self._offsets, start, side="right")) - 1
+        while filled < out.size:
+            local = start + filled - int(self._offsets[shard])
+            piece = self._shards[shard][local : local + out.size - filled]
+            out[filled : filled + piece.size] = piece
+            filled += piece.size
+            shard += 1
+
+    def _assemble(self, windows: npt.NDArray[np.int64]) -> tuple[torch.Tensor, torch.Tensor]:
+        T = self.block_size
+        rows = np.empty((windows.size, T + 1), dtype=np.int64)  # (B, T + 1)
+        for row, window in zip(rows, windows, strict=True):
+            self._read(int(window) * T, row)
+        x = torch.from_numpy(rows[:, :-1].copy())  # (B, T), contiguous for .view() in the loss
+        y = torch.from_numpy(rows[:, 1:].copy())  # (B, T)
+        if self.device.type == "cuda":
+            x, y = x.pin_memory(), y.pin_memory()
+        return x, y
+
+    def _to_device(self, x: torch.Tensor, y: torch.Tensor) -> Batch:
+        if self.device.type == "cpu":
+            return x, y
+        return x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+
+    def _make(self, epoch: int, batch: int) -> _Item:
+        B = self.batch_size
+        windows = self._rank_windows(epoch)[batch * B : (batch + 1) * B]
+        return (epoch, batch, *self._assemble(windows))
+
+    # ---- iteration -------------------------------------------------------------------------------------------
+
+    def __iter__(self) -> Iterator[Batch]:
+        """The loader is its own iterator."""
+        return self
+
+    def __next__(self) -> Batch:
+        """Return the next training batch ``(x, y)``; epochs roll over without end."""
+        if self.batches_per_epoch == 0:
+            raise MicrogptError(
+                f"the {self.split} split has {self.windows_per_rank} windows per rank, fewer than batch_size "
+                f"{self.batch_size}: lower batch_size or block_size, or add data"
+            )
+        if self.prefetch <= 0:
+            epoch, batch, x, y = self._make(self.epoch, self.batch)
+        else:
+            if self._thread is None:
+                self._start()
+            epoch, batch, x, y = self._queue.get()
+        assert (epoch, batch) == (self.epoch, self.batch), "prefetch thread is out of step"
+        self.epoch, self.batch = self._advance(epoch, batch)
+        return self._to_device(x, y)
+
+    def _advance(self, epoch: int, batch: int) -> tuple[int, int]:
+        return (epoch + 1, 0) if batch + 1 >= self.batches_per_epoch else (epoch, batch + 1)
+
+    def _start(self) -> None:
+        self._stop.clear()
+        self._queue = queue.Queue(maxsize=self.prefetch)
+        thread = threading.Thread(target=self._produce, args=(self.epoch, self.batch), daemon=True)
+        thread.name = f"TokenLoader-{self.split}"
+        thread.start()
+        self._thread = thread
+
+    def _produce(self, epoch: int, batch: int) -> None:
+        # While this thread runs it is the only user of the window-order cache (eval_batches does not use it).
+        while not self._stop.is_set():
+            item = self._make(epoch, batch)
+            while not self._stop.is_set():
+                try:
+                    self._queue.put(item, timeout=0.1)
+                    break
+                except queue.Full:
+                    continue
+            epoch, batch = self._advance(epoch, batch)
+
+    def close(self) -> None:
+        """Stop the prefetch thread (it restarts on the next batch)."""
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+            self._thread = None
+
+    def __del__(self) -> None:
+        """Stop the thread when the loader is dropped."""
+        if getattr(self, "_thread", None) is not None:
+            self.close()
+
+    # ---- resume ----------------------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """Position of the next batch plus what must match on resume (JSON-able; equal on every rank)."""
+        return {
+            "version": STATE_VERSION,
+            "split": self.split,
+            "epoch": self.epoch,
+            "batch": self.batch,
+            "seed": self.seed,
+            "shuffle": self.shuffle,
+            "batch_size": self.batch_size,
+            "block_size": self.block_size,
+            "world_size": self.world_size,
+            "tokens": self.tokens,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from ``state`` so the next batch is the one an uninterrupted run would have seen.
+
+        Raises:
+            MicrogptError: When the state is from another split, batch geometry, world size, order or data.
+        """
+        mine = self.state_dict()
+        for key in ("version", "split", "seed", "shuffle", "batch_size", "block_size", "world_size", "tokens"):
+            if state.get(key) != mine[key]:
+                raise MicrogptError(
+                    f"cannot resume the {self.split} loader: saved {key}={state.get(key)!r}, now {mine[key]!r}"
+                )
+        epoch, batch = int(state["epoch"]), int(state["batch"])
+        if epoch < 0 or not 0 <= batch < max(self.batches_per_epoch, 1):
+            raise MicrogptError(f"cannot resume the {self.split} loader: bad position epoch={epoch} batch={batch}")
+        self.close()
+        self.epoch, self.batch = epoch, batch
+
+    # ---- evaluation ------------------------------------------------------------------------------------------
+
+    def eval_batches(self, max_batches: int | None = None) -> Iterator[Batch]:
+        """Iterate this rank's windows of the split in order (for validation/test), ignoring training position.
+
+        Every rank gets the same number of batches; the last batch may hold fewer than ``batch_size`` rows.
+
+        Args:
+            max_batches: Stop after this many batches (None: the whole split).
+        """
+        windows = np.arange(self.windows_per_rank * self.world_size, dtype=np.int64)[self.rank :: self.world_size]
+        count = 0
+        for start in range(0, windows.size, self.batch_size):
+            if max_batches is not None and count >= max_batches:
+                return
+            yield self._to_device(*self._assemble(windows[start : start + self.batch_size]))
+            count += 1
