@@ -38,8 +38,9 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = nn.Linear(config.n_head * config.head_dim, config.n_embd, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)
         # QK-norm (as in OLMo 2, Qwen 3, nanochat): bounds attention logits, which steadies higher learning rates.
-        self.q_norm = Norm(config.head_dim, "rmsnorm", config.norm_eps) if config.qk_norm else None
-        self.k_norm = Norm(config.head_dim, "rmsnorm", config.norm_eps) if config.qk_norm else None
+        # QK-norm (as in OLMo 2, Qwen 3, nanochat): bounds attention logits, which steadies higher learning rates.
+        # One RMSNorm (its scale shared by queries and keys) so both normalise in one call.
+        self.qk_norm = Norm(config.head_dim, "rmsnorm", config.norm_eps) if config.qk_norm else None
 
     def forward(
         self,
@@ -51,7 +52,7 @@ class CausalSelfAttention(nn.Module):
 
         Args:
             x: (B, T, n_embd), already normalised.
-            rope: ``(cos, sin)`` each (T, 1, head_dim/2) for the positions of ``x``, or ``None`` (learned positions).
+            rope: ``(cos, sin)`` each (T, 1, head_dim) for the positions of ``x``, or ``None`` (learned positions).
             kv_cache: When generating: keys/values of earlier positions; this call appends its own.
 
         Returns:
@@ -59,12 +60,13 @@ class CausalSelfAttention(nn.Module):
         """
         B, T, C = x.size()
         qkv = self.c_attn(x).view(B, T, self.n_head + 2 * self.n_kv_head, self.head_dim)
-        q, k, v = qkv.split([self.n_head, self.n_kv_head, self.n_kv_head], dim=2)  # (B, T, heads, head_dim)
-        if self.q_norm is not None and self.k_norm is not None:
-            q, k = self.q_norm(q), self.k_norm(k)
+        qk, v = qkv.split([self.n_head + self.n_kv_head, self.n_kv_head], dim=2)  # (B, T, heads, head_dim)
+        if self.qk_norm is not None:
+            qk = self.qk_norm(qk)
         if rope is not None:
-            cos, sin = rope
-            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+            # Queries and keys rotate together: one kernel sequence over both instead of two.
+            qk = apply_rope(qk, *rope)
+        q, k = qk.split([self.n_head, self.n_kv_head], dim=2)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, heads, T, head_dim)
 
         mask: torch.Tensor | None = None

@@ -75,7 +75,7 @@ class GPT(nn.Module):
             self.lm_head.weight = self.wte.weight
         if config.pos_encoding == "rope":
             cos, sin = rope_tables(config.block_size, config.head_dim, config.rope_base)
-            # (T, 1, head_dim/2): broadcasts over the heads of (B, T, heads, head_dim). Not persistent: they are
+            # (T, 1, head_dim): broadcasts over the heads of (B, T, heads, head_dim). Not persistent: they are
             # a pure function of the config, so checkpoints stay small and a changed formula needs no migration.
             self.register_buffer("rope_cos", cos[:, None, :], persistent=False)
             self.register_buffer("rope_sin", sin[:, None, :], persistent=False)
@@ -162,7 +162,7 @@ class GPT(nn.Module):
         x = self.drop(x)
         rope = None
         if self.config.pos_encoding == "rope":
-            rope = (self.rope_cos[start : start + T], self.rope_sin[start : start + T])  # (T, 1, head_dim/2) each
+            rope = (self.rope_cos[start : start + T], self.rope_sin[start : start + T])  # (T, 1, head_dim) each
         for block in self.h:
             x = block(x, rope, kv_cache)
         if kv_cache is not None:

@@ -1,0 +1,132 @@
+"""Training-step speed of microgpt's GPT against Hugging Face transformers' LlamaForCausalLM and GPT2LMHeadModel.
+
+One step = forward, backward, AdamW step, zero_grad; fp32 on CPU; all models measured in the same process,
+interleaved in rounds so a neighbouring process slows each equally. Prints ms per step and the ratio.
+
+    .venv/bin/python benchmarks/bench_step.py                 # the issue's shape: 4 layers, 4 heads, 128 wide
+    .venv/bin/python benchmarks/bench_step.py --gpt2-124m     # also one GPT-2-124M-shaped step (batch 4 × 256)
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from microgpt.model.config import GPTConfig
+from microgpt.model.gpt import GPT
+
+
+def make_step(model: nn.Module, idx: torch.Tensor, targets: torch.Tensor, hf: bool) -> Callable[[], float]:
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.1)
+    model.train()
+
+    def step() -> float:
+        if hf:
+            loss = model(input_ids=idx, labels=targets).loss
+        else:
+            _, loss = model(idx, targets)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return float(loss)
+
+    return step
+
+
+def time_steps(steps: dict[str, Callable[[], float]], rounds: int, per_round: int, warmup: int) -> dict[str, float]:
+    for step in steps.values():
+        for _ in range(warmup):
+            step()
+    samples: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(rounds):
+        for name, step in steps.items():
+            start = time.perf_counter()
+            for _ in range(per_round):
+                step()
+            samples[name].append((time.perf_counter() - start) / per_round)
+    # The median round: robust to a burst from another process.
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def small_shape(args: argparse.Namespace) -> None:
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+    vocab, n_layer, n_head, n_embd, block, batch = 65, 4, 4, 128, 64, 12
+    torch.manual_seed(0)
+    ours_cfg = GPTConfig(
+        n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block, vocab_size=vocab, mlp="swiglu"
+    )
+    ours = GPT(ours_cfg)
+    ours_gpt2 = GPT(
+        GPTConfig(
+            n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block, vocab_size=vocab,
+            pos_encoding="learned", norm="layernorm", mlp="gelu", bias=True,
+        )
+    )  # fmt: skip
+    llama = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=vocab, hidden_size=n_embd, intermediate_size=ours_cfg.hidden_dim, num_hidden_layers=n_layer,
+            num_attention_heads=n_head, num_key_value_heads=n_head, max_position_embeddings=block,
+            tie_word_embeddings=True, attn_implementation="sdpa",
+        )
+    )  # fmt: skip
+    gpt2 = GPT2LMHeadModel(
+        GPT2Config(
+            vocab_size=vocab, n_embd=n_embd, n_layer=n_layer, n_head=n_head, n_positions=block,
+            attn_implementation="sdpa",
+        )
+    )  # fmt: skip
+    idx = torch.randint(0, vocab, (batch, block))
+    targets = torch.randint(0, vocab, (batch, block))
+    steps = {
+        "microgpt (rope, rmsnorm, swiglu)": make_step(ours, idx, targets, hf=False),
+        "HF LlamaForCausalLM": make_step(llama, idx, targets, hf=True),
+        "microgpt (gpt-2 options)": make_step(ours_gpt2, idx, targets, hf=False),
+        "HF GPT2LMHeadModel": make_step(gpt2, idx, targets, hf=True),
+    }
+    result = time_steps(steps, rounds=args.rounds, per_round=args.steps, warmup=5)
+    tokens = batch * block
+    print(f"shape: {n_layer} layers, {n_head} heads, {n_embd} wide, context {block}, batch {batch}, vocab {vocab}")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, fp32")
+    for name, seconds in result.items():
+        print(f"  {name:34s} {seconds * 1e3:7.2f} ms/step  {tokens / seconds:9.0f} tok/s")
+    names = list(result)
+    print(f"  speedup vs Llama: {result[names[1]] / result[names[0]]:.2f}x")
+    print(f"  speedup vs GPT2 (same options):  {result[names[3]] / result[names[2]]:.2f}x")
+
+
+def gpt2_124m(args: argparse.Namespace) -> None:
+    cfg = GPTConfig(
+        n_layer=12, n_head=12, n_embd=768, block_size=1024, vocab_size=50257,
+        pos_encoding="learned", norm="layernorm", mlp="gelu", bias=True,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = GPT(cfg)
+    idx = torch.randint(0, cfg.vocab_size, (4, 256))
+    targets = torch.randint(0, cfg.vocab_size, (4, 256))
+    result = time_steps({"gpt2-124m": make_step(model, idx, targets, hf=False)}, rounds=3, per_round=1, warmup=1)
+    seconds = result["gpt2-124m"]
+    print(f"GPT-2 124M shape ({model.num_params() / 1e6:.1f}M params), batch 4 x 256, fp32:")
+    print(f"  microgpt {seconds:.2f} s/step  {4 * 256 / seconds:.0f} tok/s  (nanoGPT here: 5.6 s/step)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=10, help="steps per round")
+    parser.add_argument("--gpt2-124m", action="store_true", help="also time a GPT-2-124M-shaped step")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    small_shape(args)
+    if args.gpt2_124m:
+        gpt2_124m(args)
+
+
+if __name__ == "__main__":
+    main()
