@@ -65,6 +65,7 @@ class Report:
         best_model: Name of the model the samples come from.
         notes: Lines for the findings section (e.g. a soup of one ingredient).
         config: The pipeline config as plain data.
+        invocation_s: Seconds of this invocation (less than ``wall_time_s`` when earlier runs did some steps).
     """
 
     run_dir: Path
@@ -76,11 +77,13 @@ class Report:
     best_model: str = ""
     notes: list[str] = field(default_factory=list)
     config: dict[str, Any] = field(default_factory=dict)
+    invocation_s: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
         """The ``report.json`` document."""
         return {
             "wall_time_s": self.wall_time_s,
+            "invocation_s": self.invocation_s,
             "models": [asdict(m) for m in self.models],
             "best_model": self.best_model,
             "step_seconds": self.step_seconds,

@@ -1,0 +1,371 @@
+"""``microgpt pipeline CONFIG``: the two-stage job, step by step, each step skipped once it is complete.
+
+Steps, in order, with their outputs under ``out_dir``::
+
+    tokenizer      stage1/data/tokenizer/            trained on stage 1's train split (or a pretrained encoding)
+    stage1-data    stage1/data/ (shards, manifest)   the web text, tokenized
+    stage1         stage1/checkpoints/               pretraining (resumes from its last checkpoint)
+    stage2-data    stage2/data/ (+ data-<name>/)     the high-quality text: train / val / test
+    <ingredient>   stage2/<name>/checkpoints/        one fine-tuning run per ingredient (each resumes)
+    soups          soups/uniform-soup, greedy-soup   selection on stage-2 val
+    eval-<model>   steps/eval-<model>.json           test (and val) loss and bits per byte of every model
+    report         report.md, report.json, *.png     always redrawn (cheap)
+
+A step writes ``steps/<step>.json`` (atomically) only after its output is complete; a rerun skips every step that
+has one, and a step killed halfway resumes from what it left (trainers from their newest checkpoint, data
+preparation from its finished shards). Nothing already produced is deleted.
+
+Under ``torchrun`` the training steps run on every rank; preparation, soups, evaluation and the report run on
+rank 0 while the others wait at a barrier.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from microgpt.common.atomic import atomic_write_text
+from microgpt.common.checkpoint import resolve_checkpoint
+from microgpt.common.config import dump_config, load_yaml
+from microgpt.common.device import pick_device
+from microgpt.common.dist import DistInfo, barrier, destroy_distributed, init_distributed
+from microgpt.common.errors import MicrogptError
+from microgpt.common.log import get_logger
+from microgpt.common.sources import FileSource, expand_paths, source_label
+from microgpt.data.config import DataConfig
+from microgpt.model.finetune import TOKENIZER_DIR, FinetuneConfig, FinetuneTrainer
+from microgpt.pipeline.config import PipelineConfig
+from microgpt.pipeline.scoring import score_models, write_pipeline_report
+from microgpt.tokenizer import Tokenizer
+
+log = get_logger(__name__)
+
+CONFIG_FILE = "pipeline.yaml"
+STEPS_DIR = "steps"
+# Sections whose change makes the run directory a different run (later sections only change soups/eval/report).
+TRAINING_SECTIONS = ("seed", "tokenizer", "stage1", "stage2")
+DERIVED_STEPS_PREFIXES = ("soups", "eval-")
+
+
+class StepLog:
+    """The record of finished steps: ``steps/<name>.json`` holding the step's result and its seconds."""
+
+    def __init__(self, run_dir: Path, dist: DistInfo) -> None:
+        """Read finished steps from ``run_dir/steps``."""
+        self.dir = run_dir / STEPS_DIR
+        self.dist = dist
+
+    def done(self, name: str) -> dict[str, Any] | None:
+        """The saved result of step ``name``, or None when it has not finished."""
+        path = self.dir / f"{name}.json"
+        if not path.is_file():
+            return None
+        try:
+            result: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None  # torn by a crash (cannot happen with atomic writes, but a hand edit can): redo the step
+        return result
+
+    def run(self, name: str, work: Callable[[], dict[str, Any]], *, all_ranks: bool = False) -> dict[str, Any]:
+        """Run step ``name`` unless it is done; record its result and seconds (rank 0 writes, everyone waits)."""
+        found = self.done(name)
+        if found is not None:
+            log.info("pipeline: %s already done (%.1f s); skipping", name, found.get("seconds", 0.0))
+            return found
+        log.info("pipeline: %s", name)
+        started = time.perf_counter()
+        result: dict[str, Any] = {}
+        if all_ranks or self.dist.is_main:
+            result = work()
+        result["seconds"] = time.perf_counter() - started
+        if self.dist.is_main:
+            atomic_write_text(self.dir / f"{name}.json", json.dumps(result, indent=1) + "\n")
+        barrier()
+        return self.done(name) or result
+
+    def forget(self, prefixes: tuple[str, ...]) -> None:
+        """Drop the records of steps whose names start with ``prefixes`` (their inputs changed)."""
+        if self.dir.is_dir() and self.dist.is_main:
+            for path in self.dir.glob("*.json"):
+                if path.stem.startswith(prefixes):
+                    path.unlink()
+
+
+def check_inputs(config: PipelineConfig) -> None:
+    """Check what can be checked before any work: the stage-1 checkpoint to reuse, and local data files.
+
+    Raises:
+        MicrogptError: Naming the missing checkpoint or file and the config field that points at it.
+    """
+    if config.stage2.init_from is not None:
+        try:
+            resolve_checkpoint(config.stage2.init_from)
+        except MicrogptError as error:
+            raise MicrogptError(f"stage2.init_from: {error}") from None
+    sections: list[tuple[str, DataConfig]] = [("stage2.data", config.stage2.data)]
+    if config.stage1 is not None and config.stage2.init_from is None:
+        sections.insert(0, ("stage1.data", config.stage1.data))
+    for where, data in sections:
+        for index, source in enumerate(data.sources):
+            if isinstance(source, FileSource):
+                try:
+                    expand_paths(source.paths, source_label(source, index))
+                except MicrogptError as error:
+                    raise MicrogptError(f"{where}.sources.{index}: {error}") from None
+
+
+def check_run_dir(config: PipelineConfig, run_dir: Path, steps: StepLog) -> None:
+    """Refuse a run directory holding a different pipeline; forget derived steps whose settings changed.
+
+    Raises:
+        MicrogptError: When a training section (tokenizer, stage1, stage2, seed) differs from the saved one.
+    """
+    saved_path = run_dir / CONFIG_FILE
+    if not saved_path.is_file():
+        return
+    saved, now = load_yaml(saved_path), config.to_dict()
+    changed = [key for key in TRAINING_SECTIONS if saved.get(key) != now.get(key)]
+    if changed:
+        raise MicrogptError(
+            f"{run_dir} holds a pipeline with different {', '.join(changed)} settings (see {saved_path}); "
+            "use another out_dir, or delete that folder to start over"
+        )
+    if any(saved.get(key) != now.get(key) for key in ("soup", "eval")):
+        log.info("pipeline: soup or eval settings changed; redoing soups and evaluation")
+        steps.forget(DERIVED_STEPS_PREFIXES)
+
+
+def _stage1_run_config(config: PipelineConfig) -> Any:
+    from microgpt.model.pretrain import RunConfig
+
+    assert config.stage1 is not None
+    return RunConfig(
+        out_dir=Path(config.out_dir) / "stage1",
+        seed=config.seed,
+        tokenizer=config.tokenizer,
+        data=config.stage1.data,
+        model=config.stage1.model,
+        train=config.stage1.train,
+    )
+
+
+def run_pipeline(config: PipelineConfig) -> dict[str, Any]:
+    """Run the whole two-stage job (see the module docstring); return ``report.json``'s content.
+
+    Raises:
+        MicrogptError: For bad input — found before any work where it can be (missing stage-1 checkpoint or data
+            files, a run directory holding another pipeline) — or when a step fails; finished steps are kept.
+    """
+    check_inputs(config)
+    run_dir = Path(config.out_dir)
+    dist = DistInfo.from_env()
+    device = pick_device(config.stage2.train.device, dist.local_rank)
+    joined = dist.is_distributed and not torch.distributed.is_initialized()
+    init_distributed(dist, device)
+    try:
+        return _run(config, run_dir, dist)
+    finally:
+        if joined:
+            destroy_distributed()
+
+
+def _run(config: PipelineConfig, run_dir: Path, dist: DistInfo) -> dict[str, Any]:
+    started = time.perf_counter()
+    steps = StepLog(run_dir, dist)
+    if dist.is_main:
+        check_run_dir(config, run_dir, steps)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        dump_config(config, run_dir / CONFIG_FILE)
+    barrier()
+
+    # ---- stage 1: tokenizer, web-text shards, pretraining ----
+    if config.stage2.init_from is None:
+        from microgpt.model.pretrain import prepare_run_data, run_pretraining
+
+        stage1 = _stage1_run_config(config)
+        tokenizer_dir = Path(stage1.out_dir) / "data" / TOKENIZER_DIR
+        steps.run("tokenizer", lambda: _train_tokenizer(config, tokenizer_dir))
+        steps.run("stage1-data", lambda: _prepared(prepare_run_data(stage1, progress=False)[1]))
+        steps.run("stage1", lambda: _trained(run_pretraining(stage1)), all_ranks=True)
+        parent = resolve_checkpoint(stage1.out_dir)
+    else:
+        parent = resolve_checkpoint(config.stage2.init_from)
+        tokenizer_dir = parent / TOKENIZER_DIR
+    tokenizer = Tokenizer.from_directory(tokenizer_dir)
+
+    # ---- stage 2: high-quality shards (one folder per distinct data mix), then the ingredients ----
+    stage2_dir = run_dir / "stage2"
+    data_dir = stage2_dir / "data"
+    steps.run("stage2-data", lambda: _prepare_stage2(config, tokenizer, data_dir))
+    ingredients: dict[str, Path] = {}
+    curves: dict[str, Path] = {}
+    for name, ingredient in zip(config.stage2.ingredient_names, config.stage2.ingredients, strict=True):
+        train = config.stage2.train.model_copy(
+            update={
+                "lr": ingredient.lr or config.stage2.train.lr,
+                "max_steps": ingredient.max_steps or config.stage2.train.max_steps,
+            }
+        )
+        finetune = FinetuneConfig(
+            init_from=parent,
+            data_dir=_mix_dir(stage2_dir, name) if ingredient.weights is not None else data_dir,
+            eval_data_dir=data_dir,
+            out_dir=stage2_dir / name,
+            train=train,
+            seed=ingredient.seed,
+            data_seed=ingredient.data_seed,
+        )
+        run_config = {"pipeline": config.to_dict(), "ingredient": name, "finetune": finetune.to_dict()}
+        steps.run(name, partial(_finetune, finetune, run_config), all_ranks=True)
+        ingredients[name] = resolve_checkpoint(stage2_dir / name)
+        curves[name] = stage2_dir / name / "metrics.jsonl"
+
+    # ---- soups, evaluation, report: rank 0 ----
+    soups: dict[str, Any] = steps.run("soups", lambda: _make_soups(config, ingredients, data_dir, run_dir / "soups"))
+    models = {"stage1": parent, **ingredients}
+    for recipe in ("uniform", "greedy"):
+        if recipe in soups.get("soups", {}):
+            models[f"{recipe}-soup"] = Path(soups["soups"][recipe]["checkpoint"])
+    scores = {
+        name: steps.run(f"eval-{name}", partial(score_models, config, path, data_dir)) for name, path in models.items()
+    }
+    report: dict[str, Any] = {}
+    if dist.is_main:
+        step_seconds = {
+            path.stem: float(json.loads(path.read_text(encoding="utf-8")).get("seconds", 0.0))
+            for path in sorted((run_dir / STEPS_DIR).glob("*.json"))
+        }
+        report = write_pipeline_report(
+            config,
+            run_dir,
+            scores=scores,
+            soups=soups,
+            tokenizer=tokenizer,
+            checkpoints=models,
+            step_seconds=step_seconds,
+            invocation_s=time.perf_counter() - started,
+            stage1_metrics=None if config.stage2.init_from is not None else run_dir / "stage1" / "metrics.jsonl",
+            ingredient_metrics=curves,
+        )
+    barrier()
+    return report
+
+
+def _train_tokenizer(config: PipelineConfig, tokenizer_dir: Path) -> dict[str, Any]:
+    """Train (or load) the tokenizer into ``stage1/data/tokenizer``, where stage-1 data preparation reuses it."""
+    from microgpt.common.atomic import atomic_directory
+    from microgpt.data import iter_documents
+    from microgpt.tokenizer import build_tokenizer
+
+    if not tokenizer_dir.is_dir():
+        assert config.stage1 is not None
+        # Train split only: validation and test documents stay unseen by every stage.
+        documents = iter_documents(config.stage1.data, "train") if config.tokenizer.kind == "bpe" else None
+        tokenizer = build_tokenizer(config.tokenizer, documents)
+        with atomic_directory(tokenizer_dir) as tmp:
+            tokenizer.save(tmp)
+    tokenizer = Tokenizer.from_directory(tokenizer_dir)
+    return {"name": tokenizer.name, "n_vocab": tokenizer.n_vocab, "fingerprint": tokenizer.fingerprint}
+
+
+def _prepared(data_dir: Path) -> dict[str, Any]:
+    from microgpt.data import Manifest
+
+    manifest = Manifest.load(data_dir)
+    return {
+        "data_dir": str(data_dir),
+        "splits": {
+            name: {"tokens": split.tokens, "bytes": split.bytes, "documents": split.documents}
+            for name, split in manifest.splits.items()
+        },
+    }
+
+
+def _trained(result: Any) -> dict[str, Any]:
+    return {
+        "step": result.step,
+        "tokens": result.tokens,
+        "val_loss": result.val_loss,
+        "val_bpb": result.val_bpb,
+        "checkpoint": str(result.checkpoint) if result.checkpoint is not None else None,
+        "train_seconds": result.seconds,
+    }
+
+
+def _finetune(config: FinetuneConfig, run_config: dict[str, Any]) -> dict[str, Any]:
+    return _trained(FinetuneTrainer(config, run_config).fit())
+
+
+def _mix_dir(stage2_dir: Path, name: str) -> Path:
+    return stage2_dir / f"data-{name}"
+
+
+def _prepare_stage2(config: PipelineConfig, tokenizer: Tokenizer, data_dir: Path) -> dict[str, Any]:
+    """Tokenize stage-2 data; an ingredient with its own mix gets a folder whose train split uses its weights."""
+    from microgpt.data import prepare_data
+
+    prepare_data(config.stage2.data, tokenizer, data_dir)
+    result = _prepared(data_dir)
+    stage2_dir = data_dir.parent
+    for name, ingredient in zip(config.stage2.ingredient_names, config.stage2.ingredients, strict=True):
+        if ingredient.weights is None:
+            continue
+        sources = [
+            source.model_copy(update={"weight": weight})
+            for source, weight in zip(config.stage2.data.sources, ingredient.weights, strict=True)
+        ]
+        # Fraction splits hash each document, so a re-weighted stream keeps every val/test document out of train.
+        prepare_data(config.stage2.data.model_copy(update={"sources": sources}), tokenizer, _mix_dir(stage2_dir, name))
+        result[f"mix-{name}"] = _prepared(_mix_dir(stage2_dir, name))
+    return result
+
+
+def _make_soups(config: PipelineConfig, ingredients: dict[str, Path], data_dir: Path, out: Path) -> dict[str, Any]:
+    from microgpt.pipeline.soups import Recipe, make_soups
+
+    recipes: list[Recipe] = []
+    if config.soup.uniform:
+        recipes.append("uniform")
+    if config.soup.greedy:
+        recipes.append("greedy")
+    if not recipes:
+        return {"soups": {}}
+    outcomes = make_soups(
+        list(ingredients.values()),
+        out_dir=out,
+        recipes=recipes,
+        names=list(ingredients),
+        weights=config.soup.weights,
+        data_dir=data_dir,
+        batch_size=config.eval.batch_size,
+        max_batches=config.eval.max_batches,
+    )
+    return {
+        "soups": {
+            recipe: {
+                "checkpoint": str(o.checkpoint),
+                "chosen": o.chosen,
+                "val_loss": o.val_loss,
+                "trace": [list(t) for t in o.trace],
+            }
+            for recipe, o in outcomes.items()
+        }
+    }
+
+
+def describe(config: PipelineConfig) -> str:
+    """A short YAML summary of the plan (for ``--dry-run``)."""
+    plan = {
+        "out_dir": str(config.out_dir),
+        "stage1": "reuse " + str(config.stage2.init_from) if config.stage2.init_from else "pretrain",
+        "ingredients": config.stage2.ingredient_names,
+        "soups": [r for r, on in (("uniform", config.soup.uniform), ("greedy", config.soup.greedy)) if on],
+    }
+    return yaml.safe_dump(plan, sort_keys=False)

@@ -1,0 +1,184 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from microgpt.cli.main import main
+from microgpt.common.config import load_config, validate_config
+from microgpt.common.errors import ConfigError, MicrogptError
+from microgpt.pipeline import run as pipeline_run
+from microgpt.pipeline.config import PipelineConfig
+from microgpt.pipeline.run import run_pipeline
+from tests.model.test_finetune import TINY_MODEL, documents, quiet_train
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def tiny_config(out_dir: Path, **changes: Any) -> dict[str, Any]:
+    """A pipeline of seconds: 300-token BPE, a one-layer GPT, 4 pretraining steps, three 3-step ingredients."""
+    config: dict[str, Any] = {
+        "out_dir": str(out_dir),
+        "tokenizer": {"vocab_size": 300},
+        "stage1": {
+            "data": {"sources": [{"type": "text", "texts": documents(0)}], "val_docs": 3, "workers": 1},
+            "model": TINY_MODEL,
+            "train": quiet_train(),
+        },
+        "stage2": {
+            "data": {
+                "sources": [
+                    {"type": "text", "name": "a", "texts": documents(7)},
+                    {"type": "text", "name": "b", "texts": documents(8)},
+                ],
+                "val_fraction": 0.15,
+                "test_fraction": 0.15,
+                "workers": 1,
+            },
+            "train": quiet_train(max_steps=3, lr=1e-3),
+            "ingredients": [
+                {"seed": 1, "data_seed": 1},
+                {"seed": 2, "data_seed": 2, "lr": 3e-3},
+                {"name": "mixed", "seed": 3, "data_seed": 3, "weights": [2.0, 0.5]},
+            ],
+        },
+        "eval": {"batch_size": 4},
+        "report": {"samples": 1, "sample_tokens": 8},
+    }
+    config.update(changes)
+    return config
+
+
+def test_tiny_pipeline_end_to_end(tmp_path: Path) -> None:
+    config = validate_config(PipelineConfig, tiny_config(tmp_path / "run"))
+    report = run_pipeline(config)
+    run = tmp_path / "run"
+    saved = json.loads((run / "report.json").read_text())
+    names = [m["name"] for m in saved["models"]]
+    assert names == [
+        "stage1",
+        "ingredient-1",
+        "ingredient-2",
+        "mixed",
+        "best-ingredient",
+        "uniform-soup",
+        "greedy-soup",
+    ]
+    assert saved["wall_time_s"] > 0 and report["wall_time_s"] == saved["wall_time_s"]
+    for model in saved["models"]:
+        assert model["test_loss"] > 0 and model["test_bpb"] > 0
+    by_name = {m["name"]: m for m in saved["models"]}
+    # Greedy selection optimises val: never worse there than the best ingredient (the recipe's guarantee).
+    best_val = min(by_name[n]["val_loss"] for n in ("ingredient-1", "ingredient-2", "mixed"))
+    assert by_name["greedy-soup"]["val_loss"] <= best_val + 1e-9
+    assert by_name["best-ingredient"]["val_loss"] == best_val
+    assert (run / "stage1_loss.png").stat().st_size > 0 and (run / "ingredients_loss.png").stat().st_size > 0
+    text = (run / "report.md").read_text()
+    assert "| greedy-soup |" in text and "## Samples from" in text
+    assert (run / "stage2" / "data-mixed" / "manifest.json").is_file()  # its own mix, its own train split
+    # The soups are checkpoints the CLI samples from.
+    with pytest.raises(SystemExit) as exit_info:
+        main(["sample", str(run / "soups" / "greedy-soup"), "--max-new-tokens", "4", "--prompt", "the"])
+    assert exit_info.value.code == 0
+
+
+def test_rerun_after_interruption_continues_where_it_stopped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = validate_config(PipelineConfig, tiny_config(tmp_path / "run"))
+    real_finetune = pipeline_run._finetune
+    calls: list[str] = []
+
+    def crash_on_second(finetune: Any, run_config: dict[str, Any]) -> dict[str, Any]:
+        calls.append(run_config["ingredient"])
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # as if killed during the second ingredient
+        return real_finetune(finetune, run_config)
+
+    monkeypatch.setattr(pipeline_run, "_finetune", crash_on_second)
+    with pytest.raises(KeyboardInterrupt):
+        run_pipeline(config)
+    steps = tmp_path / "run" / "steps"
+    done = sorted(p.stem for p in steps.glob("*.json"))
+    assert done == ["ingredient-1", "stage1", "stage1-data", "stage2-data", "tokenizer"]
+    stage1_ckpt = sorted((tmp_path / "run" / "stage1" / "checkpoints").iterdir())
+    marks = {p.stem: p.stat().st_mtime_ns for p in steps.glob("*.json")}
+
+    calls.clear()
+
+    def record(finetune: Any, run_config: dict[str, Any]) -> dict[str, Any]:
+        calls.append(run_config["ingredient"])
+        return real_finetune(finetune, run_config)
+
+    monkeypatch.setattr(pipeline_run, "_finetune", record)
+    run_pipeline(config)
+    assert calls == ["ingredient-2", "mixed"]  # finished steps are not redone
+    assert {p.stem: p.stat().st_mtime_ns for p in steps.glob("*.json") if p.stem in marks} == marks
+    assert sorted((tmp_path / "run" / "stage1" / "checkpoints").iterdir()) == stage1_ckpt
+    assert (tmp_path / "run" / "report.json").is_file()
+
+
+def test_missing_stage_field_is_a_config_error_before_any_work(tmp_path: Path) -> None:
+    data = tiny_config(tmp_path / "run")
+    del data["stage2"]["train"]
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["pipeline", str(path)])
+    assert exit_info.value.code == 2
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(ConfigError, match="stage1: Field required"):
+        data = tiny_config(tmp_path / "run")
+        del data["stage1"]
+        validate_config(PipelineConfig, data)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"test_fraction": 0.0}, "test split"),
+        ({"ingredients": []}, "ingredients"),
+        ({"ingredients": [{"weights": [1.0]}]}, "weights has 1 entries for 2"),
+        ({"ingredients": [{"name": "x"}, {"name": "x"}]}, "unique"),
+    ],
+)
+def test_bad_stage2_settings_are_refused(tmp_path: Path, change: dict[str, Any], message: str) -> None:
+    data = tiny_config(tmp_path / "run")
+    if "test_fraction" in change:
+        data["stage2"]["data"].update(change)
+    else:
+        data["stage2"].update(change)
+    with pytest.raises(ConfigError, match=message):
+        validate_config(PipelineConfig, data)
+
+
+def test_missing_stage1_checkpoint_is_refused_before_any_work(tmp_path: Path) -> None:
+    data = tiny_config(tmp_path / "run", stage1=None)
+    data["stage2"]["init_from"] = str(tmp_path / "no-such-run")
+    with pytest.raises(MicrogptError, match="stage2.init_from: checkpoint not found"):
+        run_pipeline(validate_config(PipelineConfig, data))
+    assert not (tmp_path / "run").exists()
+
+
+def test_missing_data_file_is_refused_before_any_work(tmp_path: Path) -> None:
+    data = tiny_config(tmp_path / "run")
+    data["stage2"]["data"]["sources"] = [{"type": "file", "paths": [str(tmp_path / "absent.parquet")]}] * 2
+    with pytest.raises(MicrogptError, match=r"stage2.data.sources.0: .*file not found"):
+        run_pipeline(validate_config(PipelineConfig, data))
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_different_pipeline_in_the_run_dir_is_refused(tmp_path: Path) -> None:
+    config = validate_config(PipelineConfig, tiny_config(tmp_path / "run"))
+    (tmp_path / "run").mkdir()
+    other = config.model_copy(update={"seed": 99})
+    (tmp_path / "run" / "pipeline.yaml").write_text(yaml.safe_dump(other.to_dict()))
+    with pytest.raises(MicrogptError, match="different seed settings"):
+        run_pipeline(config)
+
+
+@pytest.mark.parametrize("name", ["demo.yaml", "pipeline-fineweb.yaml"])
+def test_shipped_configs_validate(name: str) -> None:
+    config = load_config(PipelineConfig, ROOT / "configs" / name)
+    assert len(config.stage2.ingredients) >= 3
