@@ -17,19 +17,17 @@ import hashlib
 import json
 import multiprocessing
 from collections.abc import Collection, Iterable, Sequence
-from itertools import chain
 from pathlib import Path
 from typing import Literal, TypedDict
 
 import regex
 
 from microgpt.common.errors import ConfigError, MicrogptError
-from microgpt.tokenizer.bpe import encode_chunk
+from microgpt.tokenizer.encoder import ChunkEncoder
 from microgpt.tokenizer.patterns import compile_pattern, pattern_name, resolve_pattern
 from microgpt.tokenizer.trainer import train_vocab
 
 ENDOFTEXT = "<|endoftext|>"
-CACHE_LIMIT = 1 << 18  # chunks kept in the per-chunk cache before it is cleared
 PARALLEL_MIN_CHARS = 1 << 20  # below this much text, encode_batch stays in this process
 
 AllSpecial = Literal["all"]
@@ -42,21 +40,6 @@ class _EncodeOptions(TypedDict):
 
 class DisallowedSpecialError(MicrogptError, ValueError):
     """Text spells a special token that the caller did not allow (a ``ValueError``, as in tiktoken)."""
-
-
-class _ChunkCache(dict[str, list[int]]):
-    """Chunk text → token ids; a miss encodes the chunk (``dict.__getitem__`` calls ``__missing__``)."""
-
-    def __init__(self, ranks: dict[bytes, int]) -> None:
-        super().__init__()
-        self.ranks = ranks
-
-    def __missing__(self, chunk: str) -> list[int]:
-        ids = encode_chunk(chunk.encode("utf-8"), self.ranks)  # UnicodeEncodeError on a lone surrogate
-        if len(self) >= CACHE_LIMIT:
-            self.clear()
-        self[chunk] = ids
-        return ids
 
 
 def _replace_surrogates(text: str) -> str:
@@ -100,7 +83,7 @@ class Tokenizer:
             self._decoder[token_id] = text.encode("utf-8")
         if len(set(self.special_tokens.values())) != len(self.special_tokens):
             raise ConfigError("two special tokens share one id")
-        self._cache = _ChunkCache(ranks)
+        self._encoder = ChunkEncoder(ranks, self.pattern, self._regex)
         self.n_vocab = max(self._decoder) + 1
 
     # ---- construction ------------------------------------------------------------------------------------
@@ -278,10 +261,9 @@ class Tokenizer:
         [256, 256]
         """
         try:
-            return list(chain.from_iterable(map(self._cache.__getitem__, self._regex.findall(text))))
+            return self._encoder.encode(text)
         except UnicodeEncodeError:
-            text = _replace_surrogates(text)
-            return list(chain.from_iterable(map(self._cache.__getitem__, self._regex.findall(text))))
+            return self._encoder.encode(_replace_surrogates(text))
 
     def encode(
         self,
