@@ -1,6 +1,6 @@
 """Turn the bytes of a file into documents: plain text, JSON lines, parquet, and gzip/zip variants of these.
 
-Everything here streams: a JSON-lines or separator-split text file is read in 1 MiB blocks (gzip decompressed
+Everything here streams: a JSON-lines or separator-split text file is read in 256 KiB blocks (gzip decompressed
 block by block) and parquet in record batches, so a file larger than memory is fine. The exceptions are a text
 file that is one document (the document is the whole file anyway) and zip members, which are read whole.
 
@@ -23,7 +23,7 @@ import aiofiles
 from microgpt.common.errors import MicrogptError
 
 Format = Literal["auto", "text", "jsonl", "parquet"]
-BLOCK_BYTES = 1 << 20
+BLOCK_BYTES = 1 << 18
 PARQUET_BATCH_ROWS = 1024
 
 

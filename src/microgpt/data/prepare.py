@@ -42,7 +42,7 @@ from microgpt.data.shards import VERSION, token_dtype, write_shard
 log = get_logger(__name__)
 PROGRESS = "progress.json"
 GROUP_DOCS = 256  # documents per worker task: large enough to amortise pickling, small enough to stream
-GROUP_BYTES = 1 << 20
+GROUP_BYTES = 1 << 18
 Group = list[tuple[Split, int, str]]  # (split, index of the document in its split, text)
 Absorb = Callable[[Group, npt.NDArray[np.uint32], npt.NDArray[np.int64]], None]
 
@@ -108,13 +108,16 @@ class _SplitWriter:
 
     def __init__(self, out_dir: Path, split: Split, dtype: type[np.unsignedinteger], size: int, state: _SplitState):
         self.out_dir, self.split, self.size, self.state = out_dir, split, size, state
-        self.buffer = np.empty(size, dtype=dtype)  # (shard_tokens,)
+        self.dtype = dtype
+        self.buffer = np.empty(0, dtype=dtype)  # (shard_tokens,) once the split gets its first document
         self.fill = 0
 
     def add(self, doc_index: int, ids: npt.NDArray[np.uint32], offset: int, stats: PrepareStats) -> bool:
         """Append ids of document ``doc_index`` (starting at id ``offset`` of it); True when a shard was written."""
         wrote = False
         position = 0
+        if self.buffer.size == 0:
+            self.buffer = np.empty(self.size, dtype=self.dtype)
         while position < ids.size:
             take = min(self.size - self.fill, ids.size - position)
             self.buffer[self.fill : self.fill + take] = ids[position : position + take]
@@ -195,14 +198,18 @@ def _encode_group(texts: list[str]) -> Encoded:
     return _encode_with(_worker_tokenizer, texts)
 
 
-def _encode_with(
-    tokenizer: TokenizerLike, texts: list[str]
-) -> tuple[npt.NDArray[np.uint32], npt.NDArray[np.int64], float]:
+def _encode_with(tokenizer: TokenizerLike, texts: list[str]) -> Encoded:
     start = time.perf_counter()
-    eot = tokenizer.eot_token
-    encoded = [[eot, *tokenizer.encode_ordinary(text)] for text in texts]
-    lengths = np.fromiter((len(ids) for ids in encoded), dtype=np.int64, count=len(encoded))
-    flat = np.fromiter((i for ids in encoded for i in ids), dtype=np.uint32, count=int(lengths.sum()))
+    # Each document's list of Python ints (~36 bytes/id) becomes a uint32 array at once, so a group never holds
+    # more than one document's list.
+    arrays = [np.asarray(tokenizer.encode_ordinary(text), dtype=np.uint32) for text in texts]
+    lengths = np.fromiter((a.size + 1 for a in arrays), dtype=np.int64, count=len(arrays))
+    flat = np.empty(int(lengths.sum()), dtype=np.uint32)  # (sum of lengths,): [eot, doc 0..., eot, doc 1...]
+    position = 0
+    for array in arrays:
+        flat[position] = tokenizer.eot_token
+        flat[position + 1 : position + 1 + array.size] = array
+        position += array.size + 1
     return flat, lengths, time.perf_counter() - start
 
 
