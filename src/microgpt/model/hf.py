@@ -403,3 +403,49 @@ def _download_gpt2(name: str) -> Path:
     except Exception as error:  # the hub raises many types (offline, HTTP, missing repo); all mean "not here"
         first = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise MicrogptError(f"cannot download {name} from the Hugging Face Hub: {first}") from None
+
+
+def import_to_checkpoint(source: str | Path, out_dir: str | Path) -> Path:
+    """Write a ``transformers`` model (a GPT-2 name or a folder) as a microgpt checkpoint, e.g. to fine-tune it.
+
+    Args:
+        source: ``gpt2``, ``gpt2-medium``, ``gpt2-large``, ``gpt2-xl`` (downloaded or cached), or a folder.
+        out_dir: A run directory; the checkpoint goes to ``out_dir/checkpoints/step-0000000``, so ``out_dir``
+            works wherever a command takes ``CHECKPOINT`` (``sample``, ``eval``, fine-tuning's ``init_from``).
+
+    Returns:
+        The step directory.
+
+    Raises:
+        MicrogptError: As :func:`import_hf` / :func:`load_pretrained_gpt2`, or when the folder has no tokenizer.
+    """
+    from microgpt.common.checkpoint import CheckpointWriter, capture_rng_state
+
+    folder = Path(source)
+    if not folder.is_dir():
+        if str(source) not in GPT2_SIZES:
+            raise MicrogptError(f"unknown model {str(source)!r}: not a folder, nor one of {', '.join(GPT2_SIZES)}")
+        model, tokenizer = load_pretrained_gpt2(str(source))
+    else:
+        model, maybe_tokenizer = import_hf(folder)
+        if maybe_tokenizer is None:
+            raise MicrogptError(f"{folder}: no tokenizer.json (or vocab.json + merges.txt); a checkpoint needs one")
+        tokenizer = maybe_tokenizer
+    if tokenizer.n_vocab != model.config.vocab_size:
+        raise MicrogptError(f"{source}: tokenizer has {tokenizer.n_vocab} tokens, the model {model.config.vocab_size}")
+
+    def write_tokenizer(tmp: Path) -> None:
+        tokenizer.save(tmp / "tokenizer")
+
+    writer = CheckpointWriter(Path(out_dir) / "checkpoints", keep_last=0)
+    return writer.save(
+        0,
+        model=model,
+        optimizers=[],
+        model_config=model.config.to_dict(),
+        run_config_yaml=f"# imported from {source} by microgpt import\n",
+        trainer_state={},
+        rng_states=[capture_rng_state()],
+        meta={"tokens": 0, "tokenizer_fingerprint": tokenizer.fingerprint, "source": str(source)},
+        write_extra=write_tokenizer,
+    )
