@@ -24,7 +24,7 @@ def read_notebook(path: Path) -> nbformat.NotebookNode:
 
 def test_notebooks_exist_and_are_stripped() -> None:
     names = [path.name for path in NOTEBOOKS]
-    assert "01-tokenizer.ipynb" in names and "02-model.ipynb" in names
+    assert names == ["01-tokenizer.ipynb", "02-model.ipynb", "03-pipeline.ipynb", "04-visualise.ipynb"]
     for path in NOTEBOOKS:
         notebook = read_notebook(path)
         nbformat.validate(notebook)
@@ -33,10 +33,17 @@ def test_notebooks_exist_and_are_stripped() -> None:
                 assert cell.outputs == [] and cell.execution_count is None, f"{path.name}: strip outputs first"
 
 
+@pytest.fixture(scope="module")
+def shared_run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One pipeline run directory for 03 and 04: 04 finds 03's steps done (as it does for a user) and skips them."""
+    return tmp_path_factory.mktemp("notebook-run") / "run"
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[path.stem for path in NOTEBOOKS])
-def test_notebook_runs(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_notebook_runs(path: Path, shared_run_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MICROGPT_NOTEBOOK_SMALL", "1")
+    monkeypatch.setenv("MICROGPT_NOTEBOOK_RUN_DIR", str(shared_run_dir))
     monkeypatch.setenv("MPLBACKEND", "Agg")
     notebook = read_notebook(path)
     client = NotebookClient(
