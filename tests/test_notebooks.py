@@ -44,7 +44,6 @@ def shared_run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_notebook_runs(path: Path, shared_run_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MICROGPT_NOTEBOOK_SMALL", "1")
     monkeypatch.setenv("MICROGPT_NOTEBOOK_RUN_DIR", str(shared_run_dir))
-    monkeypatch.setenv("MPLBACKEND", "Agg")
     notebook = read_notebook(path)
     client = NotebookClient(
         notebook, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}
@@ -54,3 +53,5 @@ def test_notebook_runs(path: Path, shared_run_dir: Path, monkeypatch: pytest.Mon
     assert not [out for out in outputs if out.output_type == "error"]
     printed = "".join(out.get("text", "") for out in outputs)
     assert printed.strip(), f"{path.name} printed nothing"
+    if any("plt.show()" in cell.source for cell in notebook.cells):  # its figures must really be drawn
+        assert any("image/png" in out.get("data", {}) for out in outputs), f"{path.name} drew no figure"
