@@ -115,3 +115,22 @@ def test_constructor_checks() -> None:
     with pytest.raises(MicrogptError, match="no <\\|endoftext\\|>"):
         _ = Tokenizer(ranks, "gpt2").eot_token
     assert "gpt2" in repr(Tokenizer(ranks, "gpt2"))
+
+
+def test_encode_batch_keeps_its_workers_until_closed() -> None:
+    tok = Tokenizer.train(DOCS, 300)
+    texts = [DOCS[0] * 1200, DOCS[1] * 2000, "short"]  # over PARALLEL_MIN_CHARS
+    first = tok.encode_batch(texts, num_workers=2)
+    pool = tok._pools[2]
+    assert tok.encode_batch(texts, num_workers=2) == first == [tok.encode(t) for t in texts]
+    assert tok._pools[2] is pool  # the same warm workers
+    tok.close()
+    assert tok._pools == {}
+
+
+def test_pickle_round_trip_for_spawned_workers(tok: Tokenizer) -> None:
+    import pickle  # our own object in memory, as multiprocessing's spawn does; never a file
+
+    copy = pickle.loads(pickle.dumps(tok))
+    assert copy.fingerprint == tok.fingerprint
+    assert copy.encode(DOCS[1]) == tok.encode(DOCS[1])

@@ -11,11 +11,10 @@ encode_chunk`); a per-chunk cache makes repeated words a dictionary lookup.
 
 from __future__ import annotations
 
-import array
 import functools
 import hashlib
 import json
-import multiprocessing
+import weakref
 from collections.abc import Collection, Iterable, Sequence
 from pathlib import Path
 from typing import Literal, TypedDict
@@ -25,6 +24,7 @@ import regex
 from microgpt.common.errors import ConfigError, MicrogptError
 from microgpt.tokenizer.encoder import ChunkEncoder
 from microgpt.tokenizer.patterns import compile_pattern, pattern_name, resolve_pattern
+from microgpt.tokenizer.pool import EncodePool
 from microgpt.tokenizer.trainer import train_vocab
 
 ENDOFTEXT = "<|endoftext|>"
@@ -84,6 +84,7 @@ class Tokenizer:
         if len(set(self.special_tokens.values())) != len(self.special_tokens):
             raise ConfigError("two special tokens share one id")
         self._encoder = ChunkEncoder(ranks, self.pattern, self._regex)
+        self._pools: dict[int, EncodePool] = {}
         self.n_vocab = max(self._decoder) + 1
 
     # ---- construction ------------------------------------------------------------------------------------
@@ -286,6 +287,22 @@ class Tokenizer:
         Raises:
             DisallowedSpecialError: When the text spells a disallowed special token.
         """
+        allowed = self._check_special(text, allowed_special, disallowed_special)
+        if not allowed:
+            return self.encode_ordinary(text)
+        ids: list[int] = []
+        start = 0
+        for match in _special_regex(frozenset(allowed)).finditer(text):
+            ids += self.encode_ordinary(text[start : match.start()])
+            ids.append(self.special_tokens[match.group()])
+            start = match.end()
+        ids += self.encode_ordinary(text[start:])
+        return ids
+
+    def _check_special(
+        self, text: str, allowed_special: AllSpecial | Collection[str], disallowed_special: AllSpecial | Collection[str]
+    ) -> set[str]:
+        """Raise if ``text`` spells a disallowed special token; return the allowed special tokens."""
         allowed = self.special_tokens_set if isinstance(allowed_special, str) else set(allowed_special)
         if isinstance(disallowed_special, str):
             disallowed = self.special_tokens_set - allowed
@@ -297,17 +314,7 @@ class Tokenizer:
                 f"allowed_special={{{match.group()!r}}} to encode it as a special token, or "
                 f"disallowed_special=() to encode it as plain text"
             )
-        allowed &= self.special_tokens_set
-        if not allowed:
-            return self.encode_ordinary(text)
-        ids: list[int] = []
-        start = 0
-        for match in _special_regex(frozenset(allowed)).finditer(text):
-            ids += self.encode_ordinary(text[start : match.start()])
-            ids.append(self.special_tokens[match.group()])
-            start = match.end()
-        ids += self.encode_ordinary(text[start:])
-        return ids
+        return allowed & self.special_tokens_set
 
     def encode_batch(
         self,
@@ -329,11 +336,31 @@ class Tokenizer:
         total = sum(len(t) for t in texts)
         if num_workers <= 1 or len(texts) < 2 or total < PARALLEL_MIN_CHARS:
             return [self.encode(t, **kwargs) for t in texts]
-        groups = _split_evenly(texts, num_workers * 4)
-        context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else None)
-        with context.Pool(num_workers, initializer=_set_worker_tokenizer, initargs=(self, kwargs)) as pool:
-            encoded = pool.map(_encode_group, groups)
-        return [row.tolist() for group in encoded for row in group]
+        for text in texts:  # checked here, so the error keeps its class and names the text's special token
+            self._check_special(text, allowed_special, disallowed_special)
+        pool = self._pools.get(num_workers)
+        if pool is None:
+            pool = self._pools[num_workers] = EncodePool(self, num_workers)
+            weakref.finalize(self, pool.close)
+        return pool.encode(texts, allowed_special, disallowed_special)
+
+    def close(self) -> None:
+        """Stop the worker processes that :meth:`encode_batch` keeps (they also stop with the tokenizer)."""
+        for pool in self._pools.values():
+            pool.close()
+        self._pools.clear()
+
+    def __getstate__(self) -> dict[str, object]:
+        """Pickle without worker pools and caches (for ``spawn`` workers)."""
+        state = self.__dict__.copy()
+        state["_pools"] = {}
+        state.pop("_encoder")
+        return state
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        """Rebuild the caches after unpickling."""
+        self.__dict__.update(state)
+        self._encoder = ChunkEncoder(self.ranks, self.pattern, self._regex)
 
     # ---- decoding ----------------------------------------------------------------------------------------
 
@@ -361,33 +388,3 @@ class Tokenizer:
 def _special_regex(tokens: frozenset[str]) -> regex.Pattern[str]:
     """One regex that finds any of ``tokens`` (longest first, so a token that prefixes another loses)."""
     return regex.compile("|".join(regex.escape(t) for t in sorted(tokens, key=lambda t: (-len(t), t))))
-
-
-def _split_evenly(texts: Sequence[str], n_groups: int) -> list[list[str]]:
-    """Cut ``texts`` into consecutive groups of about equal character count."""
-    total = sum(len(t) for t in texts)
-    target = max(1, total // n_groups)
-    groups: list[list[str]] = [[]]
-    size = 0
-    for text in texts:
-        if size >= target:
-            groups.append([])
-            size = 0
-        groups[-1].append(text)
-        size += len(text)
-    return groups
-
-
-_worker_state: tuple[Tokenizer, _EncodeOptions] | None = None
-
-
-def _set_worker_tokenizer(tokenizer: Tokenizer, kwargs: _EncodeOptions) -> None:
-    global _worker_state
-    _worker_state = (tokenizer, kwargs)
-
-
-def _encode_group(texts: list[str]) -> list[array.array[int]]:
-    """Encode a group of texts in a worker; arrays travel back far faster than lists of ints."""
-    assert _worker_state is not None, "worker not initialised"
-    tokenizer, kwargs = _worker_state
-    return [array.array("l", tokenizer.encode(t, **kwargs)) for t in texts]
