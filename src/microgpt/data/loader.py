@@ -10,8 +10,10 @@ disjoint and together cover the epoch; every rank has the same number of batches
 position is ``(epoch, batch)``, so :meth:`TokenLoader.state_dict` is two integers plus checks, and a resumed loader
 yields exactly the batch an uninterrupted one would have.
 
-A background thread assembles the next batches (pinned on CUDA, copied with ``non_blocking``) so the step never
-waits on disk; ``prefetch=0`` turns it off.
+On CUDA a background thread assembles the next batches (pinned, then copied with ``non_blocking``) so the step
+never waits on disk. On CPU the default is no thread: a batch takes ~0.3 ms to assemble from the page cache,
+and the thread's GIL and core contention made a tens-of-ms CPU step ~10% slower in
+``benchmarks/bench_data_loader.py`` (see benchmarks/README.md); pass ``prefetch`` to choose.
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ class TokenLoader:
         shuffle: Seeded random window order per epoch (else in order).
         seed: Seed of the order.
         device: Where batches go.
-        prefetch: Batches assembled ahead in a background thread (0: none).
+        prefetch: Batches assembled ahead in a background thread (0: none; None: 2 on CUDA, 0 elsewhere).
 
     Raises:
         MicrogptError: When the folder is not prepared, a shard is corrupt, or the split is too small for one window
@@ -71,7 +73,7 @@ class TokenLoader:
         shuffle: bool = True,
         seed: int = 0,
         device: torch.device | str = "cpu",
-        prefetch: int = 2,
+        prefetch: int | None = None,
     ) -> None:
         """Open the split's shards (memory-mapped; nothing is read yet)."""
         if batch_size < 1 or block_size < 1:
@@ -83,7 +85,7 @@ class TokenLoader:
         self.split, self.batch_size, self.block_size = split, batch_size, block_size
         self.rank, self.world_size, self.shuffle, self.seed = rank, world_size, shuffle, seed
         self.device = torch.device(device)
-        self.prefetch = prefetch
+        self.prefetch = prefetch if prefetch is not None else (2 if self.device.type == "cuda" else 0)
         self._shards = [open_shard(path) for path in self.manifest.shard_paths(self.data_dir, split)]
         for shard, info in zip(self._shards, self.manifest.split(split).shards, strict=True):
             if shard.size != info.tokens:
@@ -101,7 +103,7 @@ class TokenLoader:
         self.epoch, self.batch = 0, 0  # position of the next batch to yield
         self._order_epoch, self._order = -1, np.empty(0, dtype=np.int64)
         self._thread: threading.Thread | None = None
-        self._queue: queue.Queue[_Item] = queue.Queue(maxsize=max(prefetch, 1))
+        self._queue: queue.Queue[_Item] = queue.Queue(maxsize=max(self.prefetch, 1))
         self._stop = threading.Event()
 
     # ---- windows ---------------------------------------------------------------------------------------------

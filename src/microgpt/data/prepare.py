@@ -18,14 +18,10 @@ import os
 import shutil
 import tempfile
 import time
-from collections import deque
-from collections.abc import Callable, Generator, Iterator
-from concurrent.futures import Future, ProcessPoolExecutor
-from contextlib import ExitStack, closing, contextmanager
+from collections.abc import Generator, Iterator
+from contextlib import ExitStack, closing
 from dataclasses import dataclass, field
-from multiprocessing import get_all_start_methods, get_context
 from pathlib import Path
-from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -38,39 +34,12 @@ from microgpt.data.config import SPLITS, DataConfig, Split
 from microgpt.data.documents import iter_split_documents
 from microgpt.data.manifest import MANIFEST, Manifest, ShardInfo, SplitInfo, TokenizerInfo
 from microgpt.data.shards import VERSION, token_dtype, write_shard
+from microgpt.data.workers import Group, TokenizerLike, encode_with, run_pool, worker_pool
 
 log = get_logger(__name__)
 PROGRESS = "progress.json"
 GROUP_DOCS = 256  # documents per worker task: large enough to amortise pickling, small enough to stream
 GROUP_BYTES = 1 << 18
-Group = list[tuple[Split, int, str]]  # (split, index of the document in its split, text)
-Absorb = Callable[[Group, npt.NDArray[np.uint32], npt.NDArray[np.int64]], None]
-
-
-class TokenizerLike(Protocol):
-    """What prepare needs from a tokenizer (``microgpt.tokenizer.Tokenizer`` has it)."""
-
-    @property
-    def name(self) -> str:
-        """Tokenizer name."""
-
-    @property
-    def fingerprint(self) -> str:
-        """Identity hash."""
-
-    @property
-    def n_vocab(self) -> int:
-        """Vocabulary size."""
-
-    @property
-    def eot_token(self) -> int:
-        """The ``<|endoftext|>`` id."""
-
-    def encode_ordinary(self, text: str, /) -> list[int]:
-        """Ids of ``text`` with special-token text treated as ordinary text."""
-
-    def save(self, directory: Path, /) -> object:
-        """Write the tokenizer to ``directory``."""
 
 
 @dataclass
@@ -142,75 +111,6 @@ class _SplitWriter:
         self.state.docs_done, self.state.carry = docs_done, carry
         self.fill = 0
         stats.write_s += time.perf_counter() - start
-
-
-# ---- worker processes ------------------------------------------------------------------------------------
-
-_worker_tokenizer: Any = None  # set in the parent just before forking, or loaded by each spawned worker
-Encoded = tuple[npt.NDArray[np.uint32], npt.NDArray[np.int64], float]
-
-
-def _worker_init(tokenizer_dir: str, fingerprint: str) -> None:
-    """Give each worker the tokenizer once: inherited through fork, else loaded from the saved folder."""
-    global _worker_tokenizer
-    if _worker_tokenizer is not None and _worker_tokenizer.fingerprint == fingerprint:
-        return
-    from microgpt.tokenizer.tokenizer import Tokenizer
-
-    _worker_tokenizer = Tokenizer.from_directory(tokenizer_dir)
-
-
-def _worker_ready() -> None:
-    """A no-op task: submitting it starts the worker processes."""
-
-
-@contextmanager
-def _worker_pool(workers: int, tokenizer: TokenizerLike, tokenizer_dir: Path) -> Iterator[ProcessPoolExecutor]:
-    """Start ``workers`` tokenizer processes before any document is read.
-
-    Fork where the platform has it: a spawned worker re-imports ``__main__`` and microgpt (torch comes in through
-    the logger, ~1-3 s per worker) and parses the vocabulary again, while a forked one shares the parent's
-    tokenizer. The pool starts before the source threads exist, so nothing is forked mid-lock; spawn (macOS,
-    Windows) loads the tokenizer from ``tokenizer_dir``.
-    """
-    global _worker_tokenizer
-    method = "fork" if "fork" in get_all_start_methods() else "spawn"
-    if method == "spawn":
-        tokenizer.save(tokenizer_dir)
-    _worker_tokenizer = tokenizer
-    try:
-        pool = ProcessPoolExecutor(
-            workers,
-            mp_context=get_context(method),
-            initializer=_worker_init,
-            initargs=(str(tokenizer_dir), tokenizer.fingerprint),
-        )
-        with pool:
-            for future in [pool.submit(_worker_ready) for _ in range(workers)]:
-                future.result()
-            yield pool
-    finally:
-        _worker_tokenizer = None
-
-
-def _encode_group(texts: list[str]) -> Encoded:
-    """Encode documents in a worker: (all ids concatenated, ids per document, seconds spent encoding)."""
-    return _encode_with(_worker_tokenizer, texts)
-
-
-def _encode_with(tokenizer: TokenizerLike, texts: list[str]) -> Encoded:
-    start = time.perf_counter()
-    # Each document's list of Python ints (~36 bytes/id) becomes a uint32 array at once, so a group never holds
-    # more than one document's list.
-    arrays = [np.asarray(tokenizer.encode_ordinary(text), dtype=np.uint32) for text in texts]
-    lengths = np.fromiter((a.size + 1 for a in arrays), dtype=np.int64, count=len(arrays))
-    flat = np.empty(int(lengths.sum()), dtype=np.uint32)  # (sum of lengths,): [eot, doc 0..., eot, doc 1...]
-    position = 0
-    for array in arrays:
-        flat[position] = tokenizer.eot_token
-        flat[position + 1 : position + 1 + array.size] = array
-        position += array.size + 1
-    return flat, lengths, time.perf_counter() - start
 
 
 # ---- progress file ---------------------------------------------------------------------------------------
@@ -370,15 +270,15 @@ def prepare_data(
             pool = None
             if workers > 1:
                 tokenizer_dir = stack.enter_context(tempfile.TemporaryDirectory(dir=out, prefix=".tokenizer-"))
-                pool = stack.enter_context(_worker_pool(workers, tokenizer, Path(tokenizer_dir)))
+                pool = stack.enter_context(worker_pool(workers, tokenizer, Path(tokenizer_dir)))
             groups = stack.enter_context(closing(_groups(iter_split_documents(config), skip, stats)))
             if pool is None:
                 for group in groups:
-                    flat, lengths, seconds = _encode_with(tokenizer, [text for _, _, text in group])
+                    flat, lengths, seconds = encode_with(tokenizer, [text for _, _, text in group])
                     stats.encode_s += seconds
                     absorb(group, flat, lengths)
             else:
-                _run_pool(groups, pool, workers, stats, absorb)
+                run_pool(groups, pool, workers, stats, absorb)
         for split in SPLITS:
             writers[split].finish(stats)
     except MicrogptError:
@@ -400,28 +300,6 @@ def prepare_data(
         stats.text_bytes / max(stats.wall_s, 1e-9) / 1e6,
     )
     return manifest
-
-
-def _run_pool(
-    groups: Iterator[Group], pool: ProcessPoolExecutor, workers: int, stats: PrepareStats, absorb: Absorb
-) -> None:
-    """Keep ``2 × workers`` groups in flight; absorb results in submission order (the output is deterministic)."""
-    pending: deque[tuple[Group, Future[Encoded]]] = deque()
-
-    def drain_one() -> None:
-        group, future = pending.popleft()
-        start = time.perf_counter()
-        flat, lengths, seconds = future.result()
-        stats.wait_s += time.perf_counter() - start
-        stats.encode_s += seconds
-        absorb(group, flat, lengths)
-
-    for group in groups:
-        pending.append((group, pool.submit(_encode_group, [text for _, _, text in group])))
-        if len(pending) >= 2 * workers:
-            drain_one()
-    while pending:
-        drain_one()
 
 
 def _manifest(
