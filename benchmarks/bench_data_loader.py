@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from bench_data_prepare import fresh_tokenizer, web_config
 
+from bench_data_prepare import fresh_tokenizer, web_config
 from microgpt.data import TokenLoader, prepare_data
 from microgpt.data.shards import HEADER_BYTES
 
@@ -72,7 +72,7 @@ def main() -> None:
     for B, T in ((12, 64), (16, 128)):
         for prefetch in (0, 2):
             loader = TokenLoader(out, "train", B, T, prefetch=prefetch)
-            rows.setdefault(f"TokenLoader prefetch={prefetch}", []).append(rate(lambda: next(loader), args.batches))
+            rows.setdefault(f"TokenLoader prefetch={prefetch}", []).append(rate(loader.__next__, args.batches))
             loader.close()
         rows.setdefault("peer: nanoGPT get_batch", []).append(rate(nanogpt_get_batch(shard, B, T), args.batches))
     for name, values in rows.items():

@@ -81,11 +81,13 @@ def main() -> None:
     for threads in (1, 2):
         start = time.perf_counter()
         peer.encode_ordinary_batch(documents, num_threads=threads)
-        print(f"{f'peer: tiktoken gpt2 encode, {threads} thread(s)':48s} {megabytes / (time.perf_counter() - start):8.2f} MB/s")
+        seconds = time.perf_counter() - start
+        print(f"{f'peer: tiktoken gpt2 encode, {threads} thread(s)':48s} {megabytes / seconds:8.2f} MB/s")
     shutil.rmtree(cache)
 
     print()
-    print(f"{'prepare_data':14s} {'MB/s':>7s} {'wall s':>7s} {'read s':>7s} {'encode s':>9s} {'wait s':>7s} {'write s':>8s}")
+    columns = ("MB/s", 7), ("wall s", 7), ("read s", 7), ("encode s", 9), ("wait s", 7), ("write s", 8)
+    print(f"{'prepare_data':14s} " + " ".join(f"{name:>{width}s}" for name, width in columns))
     for workers in args.workers:
         runs = []
         for _ in range(args.repeats):
