@@ -55,3 +55,6 @@ test: .venv/.synced  ## Run the tests with coverage (HTML report in .coverage_ht
 
 jupyter: .venv/.synced  ## Open JupyterLab on notebooks/
 	$(RUN) jupyter lab --no-browser --allow-root --notebook-dir=notebooks
+
+demo: .venv/.synced  ## The main job: two-stage pipeline + soups on the bundled data (configs/demo.yaml, < 10 min on 2 cores)
+	$(RUN) microgpt pipeline configs/demo.yaml $(DEMO_ARGS)

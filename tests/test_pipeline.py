@@ -13,7 +13,12 @@ from microgpt.common.errors import ConfigError, MicrogptError
 from microgpt.pipeline import run as pipeline_run
 from microgpt.pipeline.config import PipelineConfig
 from microgpt.pipeline.run import run_pipeline
-from tests.model.test_finetune import TINY_MODEL, documents, quiet_train
+from tests.model.test_finetune import (
+    TINY_MODEL,
+    _restore_threads,  # noqa: F401  (autouse fixture, found by name)
+    documents,
+    quiet_train,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -52,6 +57,7 @@ def tiny_config(out_dir: Path, **changes: Any) -> dict[str, Any]:
     return config
 
 
+@pytest.mark.slow
 def test_tiny_pipeline_end_to_end(tmp_path: Path) -> None:
     config = validate_config(PipelineConfig, tiny_config(tmp_path / "run"))
     report = run_pipeline(config)
@@ -85,6 +91,7 @@ def test_tiny_pipeline_end_to_end(tmp_path: Path) -> None:
     assert exit_info.value.code == 0
 
 
+@pytest.mark.slow
 def test_rerun_after_interruption_continues_where_it_stopped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     config = validate_config(PipelineConfig, tiny_config(tmp_path / "run"))
     real_finetune = pipeline_run._finetune
@@ -141,11 +148,12 @@ def test_missing_stage_field_is_a_config_error_before_any_work(tmp_path: Path) -
         ({"ingredients": []}, "ingredients"),
         ({"ingredients": [{"weights": [1.0]}]}, "weights has 1 entries for 2"),
         ({"ingredients": [{"name": "x"}, {"name": "x"}]}, "unique"),
+        ({"val_docs": 2}, "need hash splits"),
     ],
 )
 def test_bad_stage2_settings_are_refused(tmp_path: Path, change: dict[str, Any], message: str) -> None:
     data = tiny_config(tmp_path / "run")
-    if "test_fraction" in change:
+    if "test_fraction" in change or "val_docs" in change:
         data["stage2"]["data"].update(change)
     else:
         data["stage2"].update(change)

@@ -13,7 +13,12 @@ from microgpt.common.errors import MicrogptError
 from microgpt.model.finetune import FinetuneTrainer, ancestor_id, checkpoint_id
 from microgpt.pipeline.evaluate import evaluate_split, load_gpt
 from microgpt.pipeline.soups import make_soups
-from tests.model.test_finetune import finetune, make_stage1, make_stage2_data
+from tests.model.test_finetune import (
+    _restore_threads,  # noqa: F401  (autouse fixture, found by name)
+    finetune,
+    make_stage1,
+    make_stage2_data,
+)
 
 
 @pytest.fixture(scope="module")

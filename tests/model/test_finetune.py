@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 import math
 import random
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -42,6 +43,7 @@ def quiet_train(**changes: object) -> dict[str, object]:
         "plot": False,
         "device": "cpu",
         "lr": 3e-3,
+        "threads": 1,  # tiny models: one thread is as fast, and immune to busy neighbours (TOOLCHAIN.md)
     }
     base.update(changes)
     return base
@@ -69,6 +71,14 @@ def make_stage2_data(root: Path, stage1: Path, seed: int = 7) -> Path:
     config = DataConfig(sources=[TextSource(texts=documents(seed))], val_docs=3, test_docs=3, workers=1)
     prepare_data(config, tokenizer, root / "stage2-data")
     return root / "stage2-data"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _restore_threads() -> Iterator[None]:
+    """The trainer sets torch's process-wide thread count; give later tests theirs back."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

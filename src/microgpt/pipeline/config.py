@@ -81,6 +81,13 @@ class Stage2Config(ConfigBase):
         names = self.ingredient_names
         if len(set(names)) != len(names):
             raise ValueError(f"ingredient names must be unique, got {names}")
+        mixed = any(ing.weights is not None for ing in self.ingredients)
+        if mixed and (self.data.val_docs is not None or self.data.test_docs is not None):
+            # Count splits follow stream order, which a new mix changes: a test document could land in train.
+            raise ValueError(
+                "ingredients with their own data weights need hash splits: use val_fraction/test_fraction, "
+                "not val_docs/test_docs"
+            )
         for index, ingredient in enumerate(self.ingredients):
             if ingredient.weights is not None and len(ingredient.weights) != len(self.data.sources):
                 raise ValueError(
