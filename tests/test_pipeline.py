@@ -17,6 +17,7 @@ from tests.model.test_finetune import (
     TINY_MODEL,
     _restore_threads,  # noqa: F401  (autouse fixture, found by name)
     documents,
+    make_stage1,
     quiet_train,
 )
 
@@ -124,6 +125,20 @@ def test_rerun_after_interruption_continues_where_it_stopped(tmp_path: Path, mon
     assert {p.stem: p.stat().st_mtime_ns for p in steps.glob("*.json") if p.stem in marks} == marks
     assert sorted((tmp_path / "run" / "stage1" / "checkpoints").iterdir()) == stage1_ckpt
     assert (tmp_path / "run" / "report.json").is_file()
+
+
+def test_one_ingredient_from_an_existing_stage1_is_a_soup_of_one(tmp_path: Path) -> None:
+    stage1 = make_stage1(tmp_path)
+    data = tiny_config(tmp_path / "run", stage1=None)
+    data["stage2"]["init_from"] = str(stage1)
+    data["stage2"]["ingredients"] = [{"seed": 1}]
+    data["report"] = {"samples": 0}
+    report = run_pipeline(validate_config(PipelineConfig, data))
+    by_name = {m["name"]: m for m in report["models"]}
+    assert "stage1" in by_name and "ingredient-1" in by_name
+    assert by_name["uniform-soup"]["test_loss"] == pytest.approx(by_name["ingredient-1"]["test_loss"])
+    assert any("soup of one" in note for note in report["notes"])
+    assert not (tmp_path / "run" / "stage1").exists()  # stage 1 reused, not rerun
 
 
 def test_missing_stage_field_is_a_config_error_before_any_work(tmp_path: Path) -> None:

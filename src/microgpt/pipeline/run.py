@@ -106,9 +106,11 @@ def check_inputs(config: PipelineConfig) -> None:
     """
     if config.stage2.init_from is not None:
         try:
-            resolve_checkpoint(config.stage2.init_from)
+            parent = resolve_checkpoint(config.stage2.init_from)
         except MicrogptError as error:
             raise MicrogptError(f"stage2.init_from: {error}") from None
+        if not (parent / TOKENIZER_DIR).is_dir():
+            raise MicrogptError(f"stage2.init_from: {parent} holds no tokenizer/ to prepare stage-2 data with")
     sections: list[tuple[str, DataConfig]] = [("stage2.data", config.stage2.data)]
     if config.stage1 is not None and config.stage2.init_from is None:
         sections.insert(0, ("stage1.data", config.stage1.data))
