@@ -171,6 +171,7 @@ class FinetuneTrainer(Trainer):
             world_size=self.dist.world_size,
             shuffle=True,
             seed=self.finetune.data_seed,
+            device=self.device,
         )
 
     def eval_batches(self, max_batches: int | None) -> Iterable[Batch]:
@@ -186,6 +187,7 @@ class FinetuneTrainer(Trainer):
             rank=self.dist.rank,
             world_size=self.dist.world_size,
             shuffle=False,
+            device=self.device,
             prefetch=0,
         )
         return loader.eval_batches(max_batches)
