@@ -97,7 +97,10 @@ class Report:
 def render_markdown(report: Report, plots: Sequence[str]) -> str:
     """Render ``report.md``: the table, the findings, the curves and the samples."""
     lines = ["# microgpt pipeline report", ""]
-    lines.append(f"Wall time: **{report.wall_time_s:.1f} s** ({report.wall_time_s / 60:.1f} min).")
+    lines.append(
+        f"Wall time: **{report.wall_time_s:.1f} s** ({report.wall_time_s / 60:.1f} min) for the pipeline's steps "
+        "(Python start-up and imports not included)."
+    )
     lines.append("")
     lines.append("## Held-out test split (never seen by training or greedy selection)")
     lines.append("")

@@ -61,6 +61,7 @@ class StepLog:
         """Read finished steps from ``run_dir/steps``."""
         self.dir = run_dir / STEPS_DIR
         self.dist = dist
+        self.seconds: dict[str, float] = {}  # step → seconds it took (when it ran, maybe in an earlier invocation)
 
     def done(self, name: str) -> dict[str, Any] | None:
         """The saved result of step ``name``, or None when it has not finished."""
@@ -78,6 +79,7 @@ class StepLog:
         found = self.done(name)
         if found is not None:
             log.info("pipeline: %s already done (%.1f s); skipping", name, found.get("seconds", 0.0))
+            self.seconds[name] = float(found.get("seconds", 0.0))
             return found
         log.info("pipeline: %s", name)
         started = time.perf_counter()
@@ -88,6 +90,7 @@ class StepLog:
         if self.dist.is_main:
             atomic_write_text(self.dir / f"{name}.json", json.dumps(result, indent=1) + "\n")
         barrier()
+        self.seconds[name] = result["seconds"]
         return self.done(name) or result
 
     def forget(self, prefixes: tuple[str, ...]) -> None:
@@ -240,10 +243,6 @@ def _run(config: PipelineConfig, run_dir: Path, dist: DistInfo) -> dict[str, Any
     }
     report: dict[str, Any] = {}
     if dist.is_main:
-        step_seconds = {
-            path.stem: float(json.loads(path.read_text(encoding="utf-8")).get("seconds", 0.0))
-            for path in sorted((run_dir / STEPS_DIR).glob("*.json"))
-        }
         report = write_pipeline_report(
             config,
             run_dir,
@@ -251,7 +250,7 @@ def _run(config: PipelineConfig, run_dir: Path, dist: DistInfo) -> dict[str, Any
             soups=soups,
             tokenizer=tokenizer,
             checkpoints=models,
-            step_seconds=step_seconds,
+            step_seconds=dict(steps.seconds),
             invocation_s=time.perf_counter() - started,
             stage1_metrics=None if config.stage2.init_from is not None else run_dir / "stage1" / "metrics.jsonl",
             ingredient_metrics=curves,
