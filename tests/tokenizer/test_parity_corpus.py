@@ -44,8 +44,9 @@ def test_every_shared_text_matches_tiktoken(shared_data: Path, ours: Any, oracle
     assert len(texts) > 400 and sum(len(t) for _, t in texts) > 20_000_000
     start = time.perf_counter()
     # gpt2 = r50k_base ranks (checked in test_pretrained); p50k_edit = p50k_base ranks and pattern. p50k_base
-    # differs from r50k_base only by its whitespace-run tokens, so a quarter of the texts is enough for it.
-    for name, step in (("r50k_base", 1), ("p50k_base", 4), ("cl100k_base", 1), ("o200k_base", 1)):
+    # differs from r50k_base only by its whitespace-run tokens, so a quarter of the texts is enough for it, and
+    # the GPT-2 pattern is the simplest of the three (half the texts; hypothesis covers it too).
+    for name, step in (("r50k_base", 2), ("p50k_base", 4), ("cl100k_base", 1), ("o200k_base", 1)):
         tok, enc = ours(name), oracle(name)
         batch = [text for _, text in texts[::step]]
         got = tok.encode_batch(batch, num_workers=2, disallowed_special=())
