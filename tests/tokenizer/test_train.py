@@ -134,3 +134,21 @@ def test_counting_uses_the_pattern() -> None:
     counts = count_chunks(["the cat the"], GPT4_PATTERN)
     assert counts == Counter({"the": 1, " cat": 1, " the": 1})
     assert compile_pattern(GPT4_PATTERN).findall("a\r\n b") == ["a", "\r\n", " b"]
+
+
+_TRAINED: dict[str, Tokenizer] = {}
+
+
+def _trained(pattern: str) -> Tokenizer:
+    if pattern not in _TRAINED:
+        _TRAINED[pattern] = Tokenizer.train(SAMPLE * 5, 400, pattern=pattern)
+    return _TRAINED[pattern]
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.text(st.characters(codec="utf-8"), max_size=80), st.sampled_from(["gpt2", "gpt4", "o200k", r"\w+|\W"]))
+def test_trained_tokenizer_round_trips_any_text(text: str, pattern: str) -> None:
+    tok = _trained(pattern)
+    ids = tok.encode(text, disallowed_special=())
+    assert tok.decode(ids) == text
+    assert all(0 <= i < tok.n_vocab for i in ids)
