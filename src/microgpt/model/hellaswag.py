@@ -223,14 +223,15 @@ def score_rows(logits: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor) -
         ``(sum_loss, mean_loss)``, each (R,) float32. An ending token at position 0 has no prediction and is
         skipped (only possible when truncation cut the whole context away).
     """
-    R, T, V = logits.shape
-    # Position t predicts token t+1: shift so logits[:, t] lines up with targets[:, t] = tokens[:, t+1].
-    targets = tokens[:, 1:]  # (R, T-1)
-    losses = F.cross_entropy(logits[:, :-1].float().reshape(-1, V), targets.reshape(-1), reduction="none")
-    losses = losses.view(R, T - 1)
-    target_mask = mask[:, 1:].float()  # (R, T-1)
-    sum_loss = (losses * target_mask).sum(dim=1)
-    mean_loss = sum_loss / target_mask.sum(dim=1).clamp(min=1.0)
+    R = logits.size(0)
+    # Position t predicts token t+1: logits[:, t] scores tokens[:, t+1]. Only ending positions are kept before the
+    # softmax, so the (R, T, V) logits are never copied (a few hundred MB for GPT-2's vocabulary).
+    target_mask = mask[:, 1:]  # (R, T-1)
+    picked = logits[:, :-1][target_mask].float()  # (N, V), N = ending tokens in the batch
+    losses = F.cross_entropy(picked, tokens[:, 1:][target_mask], reduction="none")  # (N,)
+    rows = torch.arange(R, device=logits.device).unsqueeze(1).expand_as(target_mask)[target_mask]  # (N,) row of each
+    sum_loss = torch.zeros(R, device=logits.device).index_add_(0, rows, losses)
+    mean_loss = sum_loss / target_mask.sum(dim=1).clamp(min=1).float()
     return sum_loss, mean_loss
 
 
