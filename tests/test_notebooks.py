@@ -2,8 +2,9 @@
 
 The kernel is ``python3``: ipykernel installs that spec into the virtual environment (``.venv/share/jupyter``)
 and jupyter_client starts it with this interpreter (``sys.executable``), so a fresh clone after ``make sync`` needs
-no ``ipykernel install`` step. The kernel inherits this process's environment, including the hermetic caches of
-``conftest.py`` and ``MICROGPT_NOTEBOOK_SMALL=1``.
+no ``ipykernel install`` step (``JUPYTER_PREFER_ENV_PATH=1`` makes that spec win over a user-level one). The
+kernel inherits this process's environment, including the hermetic caches of ``conftest.py`` and
+``MICROGPT_NOTEBOOK_SMALL=1``.
 """
 
 from __future__ import annotations
@@ -44,6 +45,8 @@ def shared_run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_notebook_runs(path: Path, shared_run_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MICROGPT_NOTEBOOK_SMALL", "1")
     monkeypatch.setenv("MICROGPT_NOTEBOOK_RUN_DIR", str(shared_run_dir))
+    # The venv's kernelspec before a user-level one (`ipykernel install --user` elsewhere would shadow it).
+    monkeypatch.setenv("JUPYTER_PREFER_ENV_PATH", "1")
     notebook = read_notebook(path)
     client = NotebookClient(
         notebook, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}
