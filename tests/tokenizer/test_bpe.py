@@ -54,3 +54,15 @@ def test_patterns_by_name_and_errors() -> None:
         resolve_pattern("([a-z")
     with pytest.raises(ConfigError, match="empty string"):
         compile_pattern("a*")
+
+
+def test_docstring_examples_run() -> None:
+    import doctest
+
+    import microgpt.tokenizer
+    import microgpt.tokenizer.bpe
+    import microgpt.tokenizer.tokenizer
+
+    for module in (microgpt.tokenizer, microgpt.tokenizer.bpe, microgpt.tokenizer.tokenizer):
+        result = doctest.testmod(module)
+        assert result.attempted > 0 and result.failed == 0, module.__name__
