@@ -1,18 +1,22 @@
 from __future__ import annotations
 
+import asyncio
 import gzip
 import json
 import zipfile
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from microgpt.common.config import validate_config
 from microgpt.common.errors import ConfigError, MicrogptError
-from microgpt.common.formats import detect_format
+from microgpt.common.formats import _split_text, detect_format
 from microgpt.common.sources import (
     FileSource,
     HFSource,
@@ -112,6 +116,29 @@ def test_large_separator_file_streams_in_blocks(tmp_path: Path) -> None:
     paragraphs = [f"paragraph {i} " + "é" * (i % 50) for i in range(60_000)]
     (tmp_path / "big.txt.gz").write_bytes(gzip.compress("\n\n".join(paragraphs).encode(), compresslevel=1))
     assert docs(FileSource(paths=[str(tmp_path / "big.txt.gz")], separator="\n\n")) == paragraphs
+
+
+async def _pieces(text: str, sizes: list[int]) -> AsyncIterator[str]:
+    start = 0
+    for size in sizes:
+        yield text[start : start + size]
+        start += size
+    yield text[start:]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.text(alphabet="ab|\n<doc> é", max_size=80),
+    st.sampled_from(["|", "\n\n", "<doc>", "abab"]),
+    st.lists(st.integers(1, 7), max_size=40),
+)
+def test_separator_split_equals_str_split_whatever_the_block_boundaries(
+    text: str, separator: str, sizes: list[int]
+) -> None:
+    async def split() -> list[str]:
+        return [doc async for doc in _split_text(_pieces(text, sizes), separator)]
+
+    assert asyncio.run(split()) == [doc for doc in text.split(separator) if doc.strip()]
 
 
 def test_real_web_sample(shared_data: Path) -> None:

@@ -104,15 +104,22 @@ async def _split_text(chunks: AsyncIterator[str], separator: str | None) -> Asyn
         if document.strip():
             yield document
         return
-    pending = ""
+    # Blocks without a separator are only collected (joining them each time would be quadratic on a long document).
+    pending: list[str] = []
+    reach = len(separator) - 1  # a separator may start this many characters before the block
+    tail = ""  # the last `reach` characters collected so far
     async for chunk in chunks:
-        pending += chunk
-        *complete, pending = pending.split(separator)
+        if separator not in tail + chunk:
+            pending.append(chunk)
+            tail = (tail + chunk)[-reach:] if reach else ""
+            continue
+        *complete, rest = "".join([*pending, chunk]).split(separator)
+        pending, tail = [rest], rest[-reach:] if reach else ""
         for document in complete:
             if document.strip():
                 yield document
-    if pending.strip():
-        yield pending
+    if (last := "".join(pending)).strip():
+        yield last
 
 
 async def _json_lines(chunks: AsyncIterator[str], text_field: str, where: str) -> AsyncIterator[str]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -37,6 +37,12 @@ class DataConfig(ConfigBase):
         if val + test >= 1.0:
             raise ValueError("val_fraction + test_fraction must be below 1 (nothing would be left to train on)")
         return self
+
+    def identity(self) -> dict[str, Any]:
+        """The config as data, minus what cannot change the output (``workers``): what manifests record and hash."""
+        data = self.to_dict()
+        del data["workers"]
+        return data
 
     def wants(self, split: Split) -> bool:
         """Whether the config asks for any documents in ``split`` (train always)."""

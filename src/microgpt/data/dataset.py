@@ -41,6 +41,9 @@ def _check_same_config(config: PrepareConfig, out: Path) -> None:
     saved = load_yaml(saved_path)
     now = config.to_dict()
     for section in ("tokenizer", "data"):
+        if isinstance(saved.get(section), dict) and section == "data":
+            saved[section].pop("workers", None)  # does not change the output
+            now[section].pop("workers", None)
         if saved.get(section) != now[section]:
             raise MicrogptError(
                 f"{out} was prepared with a different {section} config (see {saved_path}): use a new out_dir"

@@ -68,7 +68,7 @@ class _SplitState:
 
 def config_hash(config: DataConfig, tokenizer: TokenizerLike) -> str:
     """Identity of a prepared folder: data config, tokenizer fingerprint and shard format version."""
-    payload = {"data": config.to_dict(), "tokenizer": tokenizer.fingerprint, "shard_version": VERSION}
+    payload = {"data": config.identity(), "tokenizer": tokenizer.fingerprint, "shard_version": VERSION}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode("utf-8")).hexdigest()
 
 
@@ -328,5 +328,5 @@ def _manifest(
         shard_tokens=config.shard_tokens,
         splits=splits,
         config_hash=digest,
-        data_config=config.to_dict(),
+        data_config=config.identity(),
     )
