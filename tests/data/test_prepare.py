@@ -2,6 +2,10 @@ from __future__ import annotations
 
 import gzip
 import json
+import signal
+import subprocess
+import sys
+import time
 import tracemalloc
 from pathlib import Path
 
@@ -156,3 +160,47 @@ def test_memory_stays_bounded_for_a_corpus_larger_than_the_budget(
         tracemalloc.stop()
     assert stats.text_bytes > 1_200_000
     assert peak < stats.text_bytes / 2, f"peak {peak:,} bytes for {stats.text_bytes:,} bytes of text"
+
+
+KILLED_SCRIPT = """
+import sys
+from microgpt.common.sources import FileSource
+from microgpt.data import DataConfig, prepare_data
+from microgpt.tokenizer import Tokenizer
+config = DataConfig.model_validate_json(sys.argv[1])
+prepare_data(config, Tokenizer.from_directory(sys.argv[2]), sys.argv[3])
+"""
+
+
+@pytest.mark.slow
+def test_prepare_killed_hard_resumes_to_identical_bytes(tmp_path: Path, tokenizer: Tokenizer) -> None:
+    # SIGKILL: no exception handler runs, a shard or progress file may be half-written (under a temp name).
+    (tmp_path / "docs.txt").write_text("\n\n".join(corpus(2400) * 2))
+    config = DataConfig(
+        sources=[FileSource(paths=[str(tmp_path / "docs.txt")], separator="\n\n")],
+        val_docs=50,
+        shard_tokens=2000,
+        workers=1,
+    )
+    tokenizer.save(tmp_path / "tok")
+    out = tmp_path / "out"
+    child = subprocess.Popen(
+        [sys.executable, "-c", KILLED_SCRIPT, config.model_dump_json(), str(tmp_path / "tok"), str(out)]
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not (out / "progress.json").exists() and time.monotonic() < deadline and child.poll() is None:
+            time.sleep(0.01)
+        time.sleep(0.2)
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+    assert not (out / "manifest.json").exists(), "finished before it could be killed: grow the corpus"
+    assert (out / "progress.json").exists()
+    reference = tmp_path / "reference"
+    prepare_data(config, tokenizer, reference)
+    stats = PrepareStats()
+    prepare_data(config, tokenizer, out, stats=stats)
+    assert stats.shards_reused > 0
+    assert files_in(out) == files_in(reference)
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in reference.iterdir())

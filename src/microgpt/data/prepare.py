@@ -234,6 +234,9 @@ def prepare_data(
     states = _load_progress(out, digest)
     for stale in out.glob(".tokenizer-*"):  # left by a killed run
         shutil.rmtree(stale, ignore_errors=True)
+    for name in (*(f"{split}-*.bin" for split in SPLITS), PROGRESS, MANIFEST):
+        for stale_file in out.glob(f".{name}.*.tmp"):  # half-written by a killed run (atomic writes' temp names)
+            stale_file.unlink(missing_ok=True)
     if states is None:
         _remove_outputs(out)
         states = {split: _SplitState() for split in SPLITS}
