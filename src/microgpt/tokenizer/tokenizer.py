@@ -326,6 +326,9 @@ class Tokenizer:
     ) -> list[list[int]]:
         """Encode many texts, in ``num_workers`` processes when there is enough text to pay for them.
 
+        The worker processes (forked where the platform allows) are kept for later calls with the same
+        ``num_workers``, so their caches stay warm; :meth:`close` stops them.
+
         Returns:
             One list of ids per text, in order.
 
