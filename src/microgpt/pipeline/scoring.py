@@ -137,8 +137,12 @@ def write_pipeline_report(
     rows: dict[str, ModelScore] = {}
     if "stage1" in scores:
         rows["stage1"] = _row("stage1", scores["stage1"], "stage-1 parent (web text only)")
-    for name in names:
-        rows[name] = _row(name, scores[name], "ingredient")
+    for name, ingredient in zip(names, config.stage2.ingredients, strict=True):
+        lr = ingredient.lr or config.stage2.train.lr
+        steps = ingredient.max_steps or config.stage2.train.max_steps
+        mix = f", mix {ingredient.weights}" if ingredient.weights is not None else ""
+        note = f"seed {ingredient.seed}, data order {ingredient.data_seed}, lr {lr:g}, {steps} steps{mix}"
+        rows[name] = _row(name, scores[name], note)
     best_name = min(names, key=lambda n: (float(scores[n]["val_loss"]), n))
     rows["best-ingredient"] = _row("best-ingredient", scores[best_name], f"= {best_name} (lowest val loss)")
     for recipe in ("uniform", "greedy"):
