@@ -231,12 +231,15 @@ async def test_url_errors_name_the_source(http_server: tuple[str, ServerState]) 
 
 def test_hf_parquet_and_jsonl_local_files(shared_data: Path) -> None:
     web = shared_data / "hf" / "web" / "validation-00000-of-00001.parquet"
-    eager = docs(HFSource(path="parquet", data_files=[str(web)], split="train"))
+    eager = docs(HFSource(path="parquet", data_files=str(web), split="train"))
     streamed = docs(HFSource(path="parquet", data_files=[str(web)], split="train", streaming=True))
     assert len(eager) == 228 and streamed == eager
     assert eager == pq.read_table(web).column("text").to_pylist()
     tiny = shared_data / "hf" / "tiny"
-    files = {"train": [str(tiny / "train.jsonl")], "validation": [str(tiny / "validation.jsonl")]}
+    files: dict[str, str | list[str]] = {
+        "train": [str(tiny / "train.jsonl")],
+        "validation": str(tiny / "validation.jsonl"),
+    }
     validation = docs(HFSource(path="json", data_files=files, split="validation", limit_docs=7))
     assert len(validation) == 7
     assert validation[0] == json.loads((tiny / "validation.jsonl").read_text().splitlines()[0])["text"]

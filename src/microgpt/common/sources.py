@@ -86,7 +86,9 @@ class HFSource(_SourceBase):
     path: str = Field(description="Hub name (user/dataset), local folder, or builder (parquet, json, text).")
     config_name: str | None = Field(None, description="The dataset configuration (``name`` in load_dataset).")
     data_dir: str | None = Field(None, description="Sub-folder of the dataset to load.")
-    data_files: list[str] | dict[str, list[str]] | None = Field(None, description="Files (or split -> files).")
+    data_files: str | list[str] | dict[str, str | list[str]] | None = Field(
+        None, description="Files or globs, or split -> files (as load_dataset takes them)."
+    )
     split: str = Field("train", description="Which split of the dataset to read.")
     text_field: str = Field("text", description="Column holding the text.")
     streaming: bool = Field(False, description="Stream records instead of building the Arrow cache (huge corpora).")
