@@ -3,6 +3,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from microgpt.model.mlp import swiglu
 from microgpt.model.norm import rms_norm
 from microgpt.model.rope import apply_rope, rope_tables
 
@@ -43,3 +44,11 @@ def test_rope_preserves_norm_and_relative_angle() -> None:
     s1 = (rq[0, 3, 0] * rk[0, 1, 0]).sum()
     s2 = (rq[0, 12, 0] * rk[0, 10, 0]).sum()
     torch.testing.assert_close(s1, s2)
+
+
+def test_swiglu_matches_autograd_and_gradcheck() -> None:
+    torch.manual_seed(0)
+    h = torch.randn(2, 3, 10, dtype=torch.float64, requires_grad=True)
+    gate, up = h.chunk(2, dim=-1)
+    torch.testing.assert_close(swiglu(h), F.silu(gate) * up)
+    assert torch.autograd.gradcheck(swiglu, (h,))

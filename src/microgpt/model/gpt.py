@@ -168,10 +168,15 @@ class GPT(nn.Module):
         if kv_cache is not None:
             kv_cache.advance(T)
         x = self.ln_f(x)
-        logits = self.lm_head(x)  # (B, T, padded_vocab_size)
         vocab = self.config.vocab_size
-        if vocab != logits.size(-1):
-            logits = logits[..., :vocab]
+        if vocab == self.config.padded_vocab_size:
+            logits = self.lm_head(x)  # (B, T, vocab_size)
+        elif x.is_cuda:
+            # GPUs run the padded (multiple-of-64) matmul faster; the padding columns are then cut.
+            logits = self.lm_head(x)[..., :vocab]  # (B, T, vocab_size)
+        else:
+            # On CPU the padding only costs FLOPs: multiply by the real rows alone (a contiguous view).
+            logits = F.linear(x, self.lm_head.weight[:vocab])  # (B, T, vocab_size)
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.reshape(B * T, vocab), targets.reshape(B * T), ignore_index=-1)
