@@ -109,3 +109,20 @@ def test_bad_setups_are_clear_errors(prepared: tuple[Path, Manifest], tmp_path: 
     shard.write_bytes(shard.read_bytes()[:-10])
     with pytest.raises(MicrogptError, match="truncated"):
         TokenLoader(out, "train", 2, 8)
+
+
+def test_an_error_in_the_prefetch_thread_reaches_the_caller(
+    prepared: tuple[Path, Manifest], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out, _ = prepared
+    loader = TokenLoader(out, "train", 2, 8, prefetch=2)
+    next(loader)
+    loader.close()
+
+    def broken(windows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        raise OSError("disk went away")
+
+    monkeypatch.setattr(loader, "_assemble", broken)
+    with pytest.raises(OSError, match="disk went away"):
+        next(loader)  # raised, not a hang
+    assert loader.state_dict()["batch"] == 1

@@ -103,7 +103,7 @@ class TokenLoader:
         self.epoch, self.batch = 0, 0  # position of the next batch to yield
         self._order_epoch, self._order = -1, np.empty(0, dtype=np.int64)
         self._thread: threading.Thread | None = None
-        self._queue: queue.Queue[_Item] = queue.Queue(maxsize=max(self.prefetch, 1))
+        self._queue: queue.Queue[_Item | BaseException] = queue.Queue(maxsize=max(self.prefetch, 1))
         self._stop = threading.Event()
 
     # ---- windows ---------------------------------------------------------------------------------------------
@@ -169,7 +169,11 @@ class TokenLoader:
         else:
             if self._thread is None:
                 self._start()
-            epoch, batch, x, y = self._queue.get()
+            item = self._queue.get()
+            if isinstance(item, BaseException):
+                self._thread = None
+                raise item
+            epoch, batch, x, y = item
         assert (epoch, batch) == (self.epoch, self.batch), "prefetch thread is out of step"
         self.epoch, self.batch = self._advance(epoch, batch)
         return self._to_device(x, y)
@@ -188,13 +192,19 @@ class TokenLoader:
     def _produce(self, epoch: int, batch: int) -> None:
         # While this thread runs it is the only user of the window-order cache (eval_batches does not use it).
         while not self._stop.is_set():
-            item = self._make(epoch, batch)
+            item: _Item | BaseException
+            try:
+                item = self._make(epoch, batch)
+            except BaseException as error:  # hand it to the consumer, which would otherwise wait forever
+                item = error
             while not self._stop.is_set():
                 try:
                     self._queue.put(item, timeout=0.1)
                     break
                 except queue.Full:
                     continue
+            if isinstance(item, BaseException):
+                return
             epoch, batch = self._advance(epoch, batch)
 
     def close(self) -> None:
