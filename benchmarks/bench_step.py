@@ -5,6 +5,7 @@ interleaved in rounds so a neighbouring process slows each equally. Prints ms pe
 
     .venv/bin/python benchmarks/bench_step.py                 # the issue's shape: 4 layers, 4 heads, 128 wide
     .venv/bin/python benchmarks/bench_step.py --gpt2-124m     # also one GPT-2-124M-shaped step (batch 4 × 256)
+    .venv/bin/python benchmarks/bench_step.py --ablations [--compile]   # one option changed at a time
 """
 
 from __future__ import annotations
@@ -13,12 +14,16 @@ import argparse
 import statistics
 import time
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
 
 from microgpt.model.config import GPTConfig
 from microgpt.model.gpt import GPT
+
+# transformers reads attn_implementation from config kwargs; its stubs do not list it.
+SDPA: dict[str, Any] = {"attn_implementation": "sdpa"}
 
 
 def make_step(model: nn.Module, idx: torch.Tensor, targets: torch.Tensor, hf: bool) -> Callable[[], float]:
@@ -75,13 +80,13 @@ def small_shape(args: argparse.Namespace) -> None:
         LlamaConfig(
             vocab_size=vocab, hidden_size=n_embd, intermediate_size=ours_cfg.hidden_dim, num_hidden_layers=n_layer,
             num_attention_heads=n_head, num_key_value_heads=n_head, max_position_embeddings=block,
-            tie_word_embeddings=True, attn_implementation="sdpa",
+            tie_word_embeddings=True, **SDPA,
         )
     )  # fmt: skip
     gpt2 = GPT2LMHeadModel(
         GPT2Config(
             vocab_size=vocab, n_embd=n_embd, n_layer=n_layer, n_head=n_head, n_positions=block,
-            attn_implementation="sdpa",
+            **SDPA,
         )
     )  # fmt: skip
     idx = torch.randint(0, vocab, (batch, block))
@@ -99,6 +104,11 @@ def small_shape(args: argparse.Namespace) -> None:
     for name, seconds in result.items():
         print(f"  {name:34s} {seconds * 1e3:7.2f} ms/step  {tokens / seconds:9.0f} tok/s")
     names = list(result)
+    # Achieved model FLOP/s by the stated formula (6N + 12·L·H·Q·T per token, microgpt.model.flops): how close
+    # the step is to the CPU's matmul throughput, the floor no implementation of this shape can beat.
+    per_token = ours.flops_per_token(seq_len=block)
+    flops = per_token * tokens / result[names[0]]
+    print(f"  microgpt model FLOP/s: {flops / 1e9:.1f} GFLOP/s ({per_token / 1e6:.2f} MFLOP/token)")
     print(f"  speedup vs Llama: {result[names[1]] / result[names[0]]:.2f}x")
     print(f"  speedup vs GPT2 (same options):  {result[names[3]] / result[names[2]]:.2f}x")
 
@@ -115,7 +125,45 @@ def gpt2_124m(args: argparse.Namespace) -> None:
     result = time_steps({"gpt2-124m": make_step(model, idx, targets, hf=False)}, rounds=3, per_round=1, warmup=1)
     seconds = result["gpt2-124m"]
     print(f"GPT-2 124M shape ({model.num_params() / 1e6:.1f}M params), batch 4 x 256, fp32:")
-    print(f"  microgpt {seconds:.2f} s/step  {4 * 256 / seconds:.0f} tok/s  (nanoGPT here: 5.6 s/step)")
+    flops = model.flops_per_token(seq_len=256) * 4 * 256 / seconds
+    speed = f"{seconds:.2f} s/step  {4 * 256 / seconds:.0f} tok/s  {flops / 1e9:.1f} GFLOP/s"
+    print(f"  microgpt {speed}  (nanoGPT here: 5.6 s/step)")
+
+
+def ablations(args: argparse.Namespace) -> None:
+    """Step time of one option changed at a time, from the Llama-shaped base (same run, interleaved)."""
+    base: dict[str, Any] = {
+        "n_layer": 4, "n_head": 4, "n_embd": 128, "block_size": 64, "vocab_size": 65,
+        "pos_encoding": "rope", "norm": "rmsnorm", "mlp": "swiglu",
+    }  # fmt: skip
+    changes: dict[str, dict[str, Any]] = {
+        "base (rope, rmsnorm, swiglu)": {},
+        "learned positions": {"pos_encoding": "learned"},
+        "layernorm": {"norm": "layernorm"},
+        "gelu (4x)": {"mlp": "gelu"},
+        "relu2 (4x)": {"mlp": "relu2"},
+        "qk_norm": {"qk_norm": True},
+        "gqa n_kv_head=2": {"n_kv_head": 2},
+    }
+    idx = torch.randint(0, 65, (12, 64))
+    targets = torch.randint(0, 65, (12, 64))
+    steps = {}
+    for name, change in changes.items():
+        torch.manual_seed(0)
+        steps[name] = make_step(GPT(GPTConfig.model_validate(base | change)), idx, targets, hf=False)
+    if args.compile:
+        torch.manual_seed(0)
+        compiled = torch.compile(GPT(GPTConfig.model_validate(base)))
+        start = time.perf_counter()
+        step = make_step(compiled, idx, targets, hf=False)
+        step()
+        print(f"torch.compile warm-up: {time.perf_counter() - start:.1f} s")
+        steps["base + torch.compile"] = step
+    result = time_steps(steps, rounds=args.rounds, per_round=args.steps, warmup=3)
+    reference = result["base (rope, rmsnorm, swiglu)"]
+    print("ablations (one change from the base; ms per step, relative):")
+    for name, seconds in result.items():
+        print(f"  {name:30s} {seconds * 1e3:7.2f} ms  {seconds / reference:5.2f}")
 
 
 def main() -> None:
@@ -124,8 +172,13 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--steps", type=int, default=3, help="steps per round")
     parser.add_argument("--gpt2-124m", action="store_true", help="also time a GPT-2-124M-shaped step")
+    parser.add_argument("--ablations", action="store_true", help="time one-option changes instead of the peers")
+    parser.add_argument("--compile", action="store_true", help="with --ablations: add a torch.compile'd base")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.ablations:
+        ablations(args)
+        return
     small_shape(args)
     if args.gpt2_124m:
         gpt2_124m(args)
