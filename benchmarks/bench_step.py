@@ -153,7 +153,8 @@ def ablations(args: argparse.Namespace) -> None:
         steps[name] = make_step(GPT(GPTConfig.model_validate(base | change)), idx, targets, hf=False)
     if args.compile:
         torch.manual_seed(0)
-        compiled = torch.compile(GPT(GPTConfig.model_validate(base)))
+        compiled = GPT(GPTConfig.model_validate(base))
+        compiled.compile()  # in place: the module keeps its type and parameters
         start = time.perf_counter()
         step = make_step(compiled, idx, targets, hf=False)
         step()
