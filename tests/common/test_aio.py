@@ -124,3 +124,11 @@ def test_atomic_writes(tmp_path: Path) -> None:
         (tmp / "x").write_text("done")
     assert (tmp_path / "d" / "x").read_text() == "done"
     assert leftovers(tmp_path) == []
+
+
+async def test_run_sync_works_inside_a_running_loop(http_server: tuple[str, ServerState], tmp_path: Path) -> None:
+    # As in a Jupyter cell: synchronous library code called while this thread runs an event loop.
+    url, state = http_server
+    state.files["j"] = BODY
+    path = run_sync(download(f"{url}/files/j", tmp_path / "j"))
+    assert path.read_bytes() == BODY

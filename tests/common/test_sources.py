@@ -85,6 +85,11 @@ def test_text_source_limits() -> None:
     assert docs(TextSource(texts=texts, limit_bytes=9)) == ["one", "two"]  # "three" would make 11 bytes
 
 
+async def test_sync_reading_inside_a_running_event_loop() -> None:
+    # As in a Jupyter cell: the sync bridge is used while this thread already runs a loop.
+    assert docs(TextSource(texts=["a", "b"])) == ["a", "b"]
+
+
 def test_file_formats_plain_separator_jsonl_gzip_parquet_zip(tmp_path: Path) -> None:
     (tmp_path / "a.txt").write_text("first file\nstill first")
     (tmp_path / "b.txt").write_bytes(b"\xef\xbb\xbfpara 1\n\npara 2\n\n\n\npara 3")  # BOM dropped

@@ -12,6 +12,7 @@ import hashlib
 import os
 import tempfile
 from collections.abc import Awaitable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
@@ -29,12 +30,46 @@ RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 
 
 def run_sync(awaitable: Awaitable[T]) -> T:
-    """Run an awaitable to completion from synchronous code (a fresh event loop each call)."""
+    """Run an awaitable to completion from synchronous code (a fresh event loop each call).
+
+    Inside a thread that already runs a loop (a Jupyter cell, an async caller), the fresh loop runs in a
+    worker thread instead, since one thread cannot run two loops.
+    """
 
     async def wrapper() -> T:
         return await awaitable
 
-    return asyncio.run(wrapper())
+    if not _loop_running():
+        return asyncio.run(wrapper())
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="microgpt-sync") as pool:
+        return pool.submit(asyncio.run, wrapper()).result()
+
+
+def _loop_running() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
+class LoopDriver:
+    """Completes awaitables on one private event loop from synchronous code.
+
+    When the calling thread already runs another loop (Jupyter), the private loop is driven from one worker
+    thread, since one thread cannot run two loops.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Drive ``loop``; a worker thread is used only if this thread already runs a loop."""
+        self.loop = loop
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="microgpt-loop") if _loop_running() else None
+
+    def run(self, awaitable: Awaitable[T]) -> T:
+        """Run ``awaitable`` to completion on the private loop and return its result."""
+        if self._pool is None:
+            return self.loop.run_until_complete(awaitable)
+        return self._pool.submit(self.loop.run_until_complete, awaitable).result()
 
 
 async def read_bytes(path: str | Path) -> bytes:

@@ -26,7 +26,7 @@ from typing import Annotated, Any, Literal, TypeVar
 import httpx
 from pydantic import Field, model_validator
 
-from microgpt.common.aio import download
+from microgpt.common.aio import LoopDriver, download
 from microgpt.common.config import ConfigBase
 from microgpt.common.errors import MicrogptError
 from microgpt.common.formats import Format, documents_from_file
@@ -333,15 +333,16 @@ def iterate_sync(stream: AsyncIterator[T], batch: int = 256) -> Iterator[T]:
     Items are pulled ``batch`` at a time: entering the loop costs ~30 µs, too much to pay per small document.
     """
     loop = asyncio.new_event_loop()
+    run = LoopDriver(loop).run
     try:
-        while items := loop.run_until_complete(_take(stream, batch)):
+        while items := run(_take(stream, batch)):
             yield from items
             if len(items) < batch:
                 return
     finally:
         aclose = getattr(stream, "aclose", None)
         if aclose is not None:
-            loop.run_until_complete(aclose())
-        loop.run_until_complete(loop.shutdown_asyncgens())
-        loop.run_until_complete(loop.shutdown_default_executor())
+            run(aclose())
+        run(loop.shutdown_asyncgens())
+        run(loop.shutdown_default_executor())
         loop.close()
