@@ -183,3 +183,12 @@ def test_export_refuses_unrepresentable(tmp_path: Path, options: dict[str, Any],
     with pytest.raises(ConfigError, match=message):
         export_hf(GPT(config), None, tmp_path)
     assert not (tmp_path / "model.safetensors").exists()
+
+
+def test_tokenizer_without_specials_exports(tmp_path: Path) -> None:
+    tokenizer = Tokenizer.train([TEXT * 5], vocab_size=270, special_tokens=())
+    config = GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=16, vocab_size=tokenizer.n_vocab, mlp="swiglu")
+    export_hf(GPT(config), tokenizer, tmp_path)
+    hf_tok = transformers.AutoTokenizer.from_pretrained(tmp_path)
+    assert hf_tok.eos_token is None
+    assert hf_tok(TEXT, add_special_tokens=False)["input_ids"] == tokenizer.encode_ordinary(TEXT)

@@ -32,6 +32,7 @@ from microgpt.model.config import GPTConfig
 from microgpt.model.gpt import GPT
 from microgpt.model.hf_tokenizer import tokenizer_from_hf_folder, write_hf_tokenizer
 from microgpt.tokenizer import Tokenizer
+from microgpt.tokenizer.tokenizer import ENDOFTEXT
 
 Arch = Literal["gpt2", "llama"]
 
@@ -351,7 +352,7 @@ def export_hf(model: GPT, tokenizer: Tokenizer | None, out_dir: str | Path) -> P
     arch = export_arch(model.config)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    eos = tokenizer.eot_token if tokenizer is not None and tokenizer.special_tokens else None
+    eos = tokenizer.special_tokens.get(ENDOFTEXT) if tokenizer is not None else None
     if tokenizer is not None and tokenizer.n_vocab != model.config.vocab_size:
         raise MicrogptError(f"tokenizer has {tokenizer.n_vocab} tokens, the model {model.config.vocab_size}")
     save_file(state_dict_to_hf(model, arch), str(out / "model.safetensors"), metadata={"format": "pt"})

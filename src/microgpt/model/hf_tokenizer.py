@@ -19,6 +19,7 @@ from microgpt.common.atomic import atomic_write_text
 from microgpt.common.errors import MicrogptError
 from microgpt.tokenizer import Tokenizer
 from microgpt.tokenizer.patterns import GPT2_PATTERN
+from microgpt.tokenizer.tokenizer import ENDOFTEXT
 
 
 @functools.cache
@@ -125,9 +126,8 @@ def write_hf_tokenizer(tokenizer: Tokenizer, out_dir: Path) -> None:
     """Write ``tokenizer.json`` and ``tokenizer_config.json`` (loaded by ``AutoTokenizer``, no custom code)."""
     atomic_write_text(out_dir / "tokenizer.json", json.dumps(hf_tokenizer_json(tokenizer), ensure_ascii=False))
     config: dict[str, Any] = {"tokenizer_class": "PreTrainedTokenizerFast", "clean_up_tokenization_spaces": False}
-    if tokenizer.special_tokens:
-        eot = next(text for text, i in tokenizer.special_tokens.items() if i == tokenizer.eot_token)
-        config |= {"bos_token": eot, "eos_token": eot}
+    if ENDOFTEXT in tokenizer.special_tokens:
+        config |= {"bos_token": ENDOFTEXT, "eos_token": ENDOFTEXT}
     atomic_write_text(out_dir / "tokenizer_config.json", json.dumps(config, indent=2) + "\n")
 
 
