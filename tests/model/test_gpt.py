@@ -8,6 +8,7 @@ import torch
 from microgpt.common.config import validate_config
 from microgpt.common.errors import ConfigError
 from microgpt.model.config import GPTConfig
+from microgpt.model.flops import estimate_mfu
 from microgpt.model.gpt import GPT, Block
 
 
@@ -154,3 +155,23 @@ def test_config_defaults() -> None:
     assert GPTConfig(vocab_size=10, mlp="swiglu", n_embd=128).hidden_dim == 352
     # The config round-trips through JSON (it travels with checkpoints).
     assert GPTConfig.model_validate(cfg.to_dict()) == cfg
+
+
+def test_dropout_only_in_training() -> None:
+    torch.manual_seed(0)
+    model = GPT(tiny(dropout=0.2))
+    idx = torch.randint(0, 50, (2, 8))
+    a, _ = model.train()(idx)
+    b, _ = model(idx)
+    assert not torch.allclose(a, b)
+    c, _ = model.eval()(idx)
+    d, _ = model(idx)
+    torch.testing.assert_close(c, d)
+
+
+def test_estimate_mfu() -> None:
+    model = GPT(tiny())
+    per_token = model.flops_per_token()
+    assert estimate_mfu(per_token, 1000.0, per_token * 4000.0) == pytest.approx(0.25)
+    with pytest.raises(ValueError, match="peak_flops"):
+        estimate_mfu(per_token, 1000.0, 0.0)
