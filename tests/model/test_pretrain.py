@@ -203,3 +203,10 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path: Path) -> N
     for (_, x), (_, y) in zip(a, b, strict=True):
         assert x == pytest.approx(y, rel=1e-4)
     assert read_metrics(two / "run" / "metrics.jsonl")[-1]["tokens"] == 6 * 8 * 40
+
+
+@pytest.mark.parametrize("preset", ["shakespeare.yaml", "shakespeare-5min.yaml"])
+def test_presets_are_valid_run_configs(preset: str) -> None:
+    config = load_config(RunConfig, ROOT / "configs" / preset)
+    assert config.model.vocab_size == config.tokenizer.vocab_size  # filled from the tokenizer
+    assert [Path(p).name for s in config.data.sources for p in getattr(s, "paths", [])] == ["val.txt", "train.txt"]
