@@ -1,0 +1,95 @@
+"""Rank-ordered BPE of many chunks in one compiled call (numba), with the pure-Python loop as the fallback.
+
+Same algorithm and the same ids as :func:`~microgpt.tokenizer.bpe.encode_chunk` (the tests compare them): merge
+the adjacent pair of parts whose concatenation has the lowest rank, leftmost on a tie. The compiled kernel looks
+token bytes up in an open-addressing hash table (FNV-1a over the bytes) built once per rank table, so it never
+makes a Python object per look-up; the chunks of one text go in as one byte buffer, so the call overhead is paid
+per text, not per chunk.
+
+numba compiles the kernels on first use and keeps the machine code on disk (``cache=True``), so only the first
+process after an install pays the compile. Without numba, or with ``MICROGPT_NO_JIT=1``, the pure-Python loop
+runs instead.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from itertools import accumulate, compress, repeat
+from operator import is_
+from typing import Any
+
+import numpy as np
+
+from microgpt.tokenizer.bpe import encode_chunk
+
+
+def _load_kernels() -> tuple[Any, Any] | None:
+    """The compiled (build_table, encode_chunks) pair, or ``None`` without numba or with ``MICROGPT_NO_JIT``."""
+    if os.environ.get("MICROGPT_NO_JIT"):
+        return None
+    try:
+        from microgpt.tokenizer import bpe_kernels
+    except ImportError:
+        return None
+    return bpe_kernels.build_table, bpe_kernels.encode_chunks
+
+
+_KERNELS: tuple[Any, Any] | None | bool = False  # False: not loaded yet
+
+
+def _kernels() -> tuple[Any, Any] | None:
+    global _KERNELS
+    if _KERNELS is False:
+        _KERNELS = _load_kernels()
+    assert _KERNELS is not True
+    return _KERNELS
+
+
+def jit_available() -> bool:
+    """Whether the compiled kernel runs (numba importable and ``MICROGPT_NO_JIT`` unset)."""
+    return _kernels() is not None
+
+
+class ChunkBPE:
+    """Encodes many chunks at once from one rank table: compiled when numba is there, else pure Python."""
+
+    def __init__(self, ranks: dict[bytes, int]) -> None:
+        """Keep the ranks; the hash table is built on the first call (so loading a tokenizer stays cheap)."""
+        self.ranks = ranks
+        self._table: tuple[Any, ...] | None = None
+
+    def _build(self, build_table: Any) -> tuple[Any, ...]:
+        tokens = list(self.ranks)
+        blob = np.frombuffer(b"".join(tokens), np.uint8)
+        offsets = np.zeros(len(tokens) + 1, np.int64)
+        offsets[1:] = np.cumsum(np.fromiter(map(len, tokens), np.int64, len(tokens)))
+        ranks = np.fromiter(self.ranks.values(), np.int64, len(tokens))
+        max_len = int(np.diff(offsets).max(initial=0))
+        return build_table(blob, offsets), blob, offsets, ranks, max_len
+
+    def encode(self, chunks: Sequence[str]) -> list[tuple[int, ...]]:
+        """The ids of each chunk; raises ``UnicodeEncodeError`` on a lone surrogate (the caller fixes the text)."""
+        pieces = [chunk.encode("utf-8") for chunk in chunks]
+        whole = list(map(self.ranks.get, pieces))  # a chunk that is a token is that token (tiktoken's rule too)
+        if None not in whole:
+            return [(rank,) for rank in whole]  # type: ignore[misc]  # no None
+        rest = iter(self._encode_pieces(list(compress(pieces, map(is_, whole, repeat(None))))))
+        return [(rank,) if rank is not None else next(rest) for rank in whole]
+
+    def _encode_pieces(self, pieces: list[bytes]) -> list[tuple[int, ...]]:
+        """BPE of pieces that are not single tokens: compiled in one call when numba is there."""
+        kernels = _kernels()
+        if kernels is None:
+            ranks = self.ranks
+            return [tuple(encode_chunk(piece, ranks)) for piece in pieces]
+        build_table, encode_chunks = kernels
+        if self._table is None:
+            self._table = self._build(build_table)
+        starts = np.zeros(len(pieces) + 1, np.int64)
+        starts[1:] = np.cumsum(np.fromiter(map(len, pieces), np.int64, len(pieces)))
+        data = np.frombuffer(b"".join(pieces), np.uint8)
+        flat, counts = encode_chunks(data, starts, *self._table)
+        ids: tuple[int, ...] = tuple(flat.tolist())
+        ends = list(accumulate(counts.tolist()))
+        return [ids[a:b] for a, b in zip([0, *ends], ends, strict=False)]

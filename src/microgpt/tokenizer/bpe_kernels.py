@@ -1,0 +1,115 @@
+"""The numba kernels of :mod:`microgpt.tokenizer.bpe_jit` (imported only when numba is installed).
+
+Token bytes are looked up in an open-addressing hash table: ``slots`` holds token indices (-1 = empty), token
+``t``'s bytes are ``blob[offsets[t]:offsets[t + 1]]`` and its rank ``ranks[t]``. Arrays: ``uint8`` bytes,
+``int64`` everything else.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numba
+import numpy as np
+
+NO_RANK = 1 << 62  # not a token: larger than any rank, so never the minimum while a real rank remains
+_FNV_OFFSET = np.uint64(14695981039346656037)
+_FNV_PRIME = np.uint64(1099511628211)
+
+
+@numba.njit(cache=True, inline="always")
+def fnv(data: Any, start: int, end: int) -> Any:
+    """FNV-1a hash (uint64) of ``data[start:end]``."""
+    h = _FNV_OFFSET
+    for i in range(start, end):
+        h = (h ^ np.uint64(data[i])) * _FNV_PRIME
+    return h
+
+
+@numba.njit(cache=True, inline="always")
+def lookup(slots: Any, blob: Any, offsets: Any, ranks: Any, max_len: int, data: Any, start: int, end: int) -> int:
+    """Rank of ``data[start:end]``, or NO_RANK."""
+    n = end - start
+    if n > max_len:
+        return NO_RANK
+    mask = np.uint64(len(slots) - 1)
+    slot = np.int64(fnv(data, start, end) & mask)
+    while True:
+        token = slots[slot]
+        if token < 0:
+            return NO_RANK
+        t0 = offsets[token]
+        if offsets[token + 1] - t0 == n:
+            same = True
+            for k in range(n):
+                if blob[t0 + k] != data[start + k]:
+                    same = False
+                    break
+            if same:
+                return ranks[token]  # type: ignore[no-any-return]  # numba: an int64
+        slot = (slot + 1) & (len(slots) - 1)
+
+
+@numba.njit(cache=True, nogil=True)
+def build_table(blob: Any, offsets: Any) -> Any:
+    """Slots (a power of two, at most half full) holding token indices, -1 where empty."""
+    n_tokens = len(offsets) - 1
+    size = 1
+    while size < 2 * n_tokens:
+        size *= 2
+    slots = np.full(size, -1, np.int64)
+    mask = np.uint64(size - 1)
+    for token in range(n_tokens):
+        slot = np.int64(fnv(blob, offsets[token], offsets[token + 1]) & mask)
+        while slots[slot] >= 0:
+            slot = (slot + 1) & (size - 1)
+        slots[slot] = token
+    return slots
+
+
+@numba.njit(cache=True, nogil=True)
+def encode_chunks(data: Any, starts: Any, slots: Any, blob: Any, offsets: Any, ranks: Any, max_len: int) -> Any:
+    """Ids of every chunk ``data[starts[c]:starts[c + 1]]``, flat, and how many each chunk has."""
+    n_chunks = len(starts) - 1
+    out = np.empty(len(data), np.int64)  # a chunk never has more ids than bytes
+    counts = np.empty(n_chunks, np.int64)
+    longest = 0
+    for c in range(n_chunks):
+        longest = max(longest, starts[c + 1] - starts[c])
+    bounds = np.empty(longest + 1, np.int64)  # bounds[j]: where part j starts (its end is bounds[j + 1])
+    pair_ranks = np.empty(max(longest - 1, 1), np.int64)  # rank of parts j and j + 1 joined
+    pos = 0
+    for c in range(n_chunks):
+        start, end = starts[c], starts[c + 1]
+        whole = lookup(slots, blob, offsets, ranks, max_len, data, start, end)
+        if whole != NO_RANK:
+            out[pos] = whole
+            pos += 1
+            counts[c] = 1
+            continue
+        parts = end - start
+        for j in range(parts + 1):
+            bounds[j] = start + j
+        for j in range(parts - 1):
+            pair_ranks[j] = lookup(slots, blob, offsets, ranks, max_len, data, start + j, start + j + 2)
+        while parts > 1:
+            best, i = NO_RANK, -1
+            for j in range(parts - 1):
+                if pair_ranks[j] < best:  # strict: the leftmost of the lowest rank, like tiktoken
+                    best, i = pair_ranks[j], j
+            if i < 0:
+                break
+            for j in range(i + 1, parts):  # drop bounds[i + 1]: parts i and i + 1 become one
+                bounds[j] = bounds[j + 1]
+            for j in range(i, parts - 2):
+                pair_ranks[j] = pair_ranks[j + 1]
+            parts -= 1
+            if i > 0:
+                pair_ranks[i - 1] = lookup(slots, blob, offsets, ranks, max_len, data, bounds[i - 1], bounds[i + 1])
+            if i < parts - 1:
+                pair_ranks[i] = lookup(slots, blob, offsets, ranks, max_len, data, bounds[i], bounds[i + 2])
+        for j in range(parts):
+            out[pos] = lookup(slots, blob, offsets, ranks, max_len, data, bounds[j], bounds[j + 1])
+            pos += 1
+        counts[c] = parts
+    return out[:pos], counts

@@ -1,0 +1,48 @@
+"""The compiled batch BPE (numba) gives exactly the pure-Python ``encode_chunk`` ids."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+
+from microgpt.tokenizer import bpe_jit
+from microgpt.tokenizer.bpe import encode_chunk
+from microgpt.tokenizer.bpe_jit import ChunkBPE
+from microgpt.tokenizer.pretrained import load_pretrained
+
+BYTES = {bytes([i]): i for i in range(256)}
+
+needs_jit = pytest.mark.skipif(not bpe_jit.jit_available(), reason="numba not installed or MICROGPT_NO_JIT set")
+
+
+def _python_ids(pieces: list[str], ranks: dict[bytes, int]) -> list[tuple[int, ...]]:
+    return [tuple(encode_chunk(piece.encode("utf-8"), ranks)) for piece in pieces]
+
+
+@needs_jit
+def test_jit_matches_python_on_a_small_vocabulary() -> None:
+    # "bc" outranks "ab": rank order, not left-to-right; "aaaa" tests ties (leftmost first).
+    ranks = BYTES | {b"bc": 256, b"ab": 257, b"abc": 258, b"aa": 259, b"aaa": 260}
+    pieces = ["abc", "abcab", "aaaa", "aaaaa", "x", "", "zabcz", "é", "ab" * 40]
+    assert ChunkBPE(ranks).encode(pieces) == _python_ids(pieces, ranks)
+    assert ChunkBPE(ranks).encode([]) == []
+
+
+@needs_jit
+@pytest.mark.parametrize("name", ["gpt2", "cl100k_base"])
+def test_jit_matches_python_on_pretrained_ranks(name: str, pretrained_dir: Path) -> None:
+    ranks, _, _ = load_pretrained(name, pretrained_dir)
+    rng = random.Random(0)
+    alphabet = "abcdefghijklmnopqrstuvwxyz ETAOIN.,'!0123456789é漢😀\n"
+    pieces = ["".join(rng.choice(alphabet) for _ in range(rng.randint(1, 24))) for _ in range(3000)]
+    pieces += [" tokenization", " unbelievably", "ation", " " * 200, "x" * 300]
+    assert ChunkBPE(ranks).encode(pieces) == _python_ids(pieces, ranks)
+
+
+def test_fallback_without_jit_gives_the_same_ids(monkeypatch: pytest.MonkeyPatch) -> None:
+    ranks = BYTES | {b"bc": 256, b"ab": 257, b"abc": 258}
+    monkeypatch.setattr(bpe_jit, "_KERNELS", None)  # as without numba
+    assert not bpe_jit.jit_available()
+    assert ChunkBPE(ranks).encode(["abcab", "abc", "q"]) == [(258, 257), (258,), (113,)]
