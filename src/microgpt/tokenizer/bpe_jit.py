@@ -66,7 +66,7 @@ class ChunkBPE:
         offsets[1:] = np.cumsum(np.fromiter(map(len, tokens), np.int64, len(tokens)))
         ranks = np.fromiter(self.ranks.values(), np.int64, len(tokens))
         max_len = int(np.diff(offsets).max(initial=0))
-        return build_table(blob, offsets), blob, offsets, ranks, max_len
+        return build_table(blob, offsets, ranks), blob, max_len
 
     def encode(self, chunks: Sequence[str]) -> list[tuple[int, ...]]:
         """The ids of each chunk; raises ``UnicodeEncodeError`` on a lone surrogate (the caller fixes the text)."""

@@ -1,8 +1,7 @@
 """The numba kernels of :mod:`microgpt.tokenizer.bpe_jit` (imported only when numba is installed).
 
-Token bytes are looked up in an open-addressing hash table: ``slots`` holds token indices (-1 = empty), token
-``t``'s bytes are ``blob[offsets[t]:offsets[t + 1]]`` and its rank ``ranks[t]``. Arrays: ``uint8`` bytes,
-``int64`` everything else.
+Token bytes are looked up in an open-addressing hash table (FNV-1a, linear probing; see :func:`build_table`)
+over ``blob``, all token bytes end to end. Arrays: ``uint8`` bytes, ``int32`` table, ``int64`` the rest.
 """
 
 from __future__ import annotations
@@ -27,48 +26,58 @@ def fnv(data: Any, start: int, end: int) -> Any:
 
 
 @numba.njit(cache=True, inline="always")
-def lookup(slots: Any, blob: Any, offsets: Any, ranks: Any, max_len: int, data: Any, start: int, end: int) -> int:
+def lookup(slots: Any, blob: Any, max_len: int, data: Any, start: int, end: int) -> int:
     """Rank of ``data[start:end]``, or NO_RANK."""
     n = end - start
     if n > max_len:
         return NO_RANK
-    mask = np.uint64(len(slots) - 1)
-    slot = np.int64(fnv(data, start, end) & mask)
+    h = fnv(data, start, end)
+    fingerprint = np.int64(h >> np.uint64(33))
+    mask = len(slots) - 1
+    slot = np.int64(h & np.uint64(mask))
     while True:
-        token = slots[slot]
-        if token < 0:
+        offset = slots[slot, 1]
+        if offset < 0:
             return NO_RANK
-        t0 = offsets[token]
-        if offsets[token + 1] - t0 == n:
+        if slots[slot, 0] == fingerprint and slots[slot, 3] == n:
             same = True
             for k in range(n):
-                if blob[t0 + k] != data[start + k]:
+                if blob[offset + k] != data[start + k]:
                     same = False
                     break
             if same:
-                return ranks[token]  # type: ignore[no-any-return]  # numba: an int64
-        slot = (slot + 1) & (len(slots) - 1)
+                return slots[slot, 2]  # type: ignore[no-any-return]  # numba: an int
+        slot = (slot + 1) & mask
 
 
 @numba.njit(cache=True, nogil=True)
-def build_table(blob: Any, offsets: Any) -> Any:
-    """Slots (a power of two, at most half full) holding token indices, -1 where empty."""
+def build_table(blob: Any, offsets: Any, ranks: Any) -> Any:
+    """The hash table: a power of two of slots, at most half full, each ``(fingerprint, offset, rank, length)``.
+
+    One slot holds all a look-up needs before comparing bytes, so a miss touches one cache line and a hit two
+    (the slot and the token's bytes): with the table far larger than the CPU caches, lines are what cost.
+    Empty slots have offset -1.
+    """
     n_tokens = len(offsets) - 1
     size = 1
     while size < 2 * n_tokens:
         size *= 2
-    slots = np.full(size, -1, np.int64)
-    mask = np.uint64(size - 1)
+    slots = np.full((size, 4), -1, np.int32)
     for token in range(n_tokens):
-        slot = np.int64(fnv(blob, offsets[token], offsets[token + 1]) & mask)
-        while slots[slot] >= 0:
+        start, end = offsets[token], offsets[token + 1]
+        h = fnv(blob, start, end)
+        slot = np.int64(h & np.uint64(size - 1))
+        while slots[slot, 1] >= 0:
             slot = (slot + 1) & (size - 1)
-        slots[slot] = token
+        slots[slot, 0] = np.int64(h >> np.uint64(33))
+        slots[slot, 1] = start
+        slots[slot, 2] = ranks[token]
+        slots[slot, 3] = end - start
     return slots
 
 
 @numba.njit(cache=True, nogil=True)
-def encode_chunks(data: Any, starts: Any, slots: Any, blob: Any, offsets: Any, ranks: Any, max_len: int) -> Any:
+def encode_chunks(data: Any, starts: Any, slots: Any, blob: Any, max_len: int) -> Any:
     """Ids of every chunk ``data[starts[c]:starts[c + 1]]``, flat, and how many each chunk has."""
     n_chunks = len(starts) - 1
     out = np.empty(len(data), np.int64)  # a chunk never has more ids than bytes
@@ -81,7 +90,7 @@ def encode_chunks(data: Any, starts: Any, slots: Any, blob: Any, offsets: Any, r
     pos = 0
     for c in range(n_chunks):
         start, end = starts[c], starts[c + 1]
-        whole = lookup(slots, blob, offsets, ranks, max_len, data, start, end)
+        whole = lookup(slots, blob, max_len, data, start, end)
         if whole != NO_RANK:
             out[pos] = whole
             pos += 1
@@ -91,7 +100,7 @@ def encode_chunks(data: Any, starts: Any, slots: Any, blob: Any, offsets: Any, r
         for j in range(parts + 1):
             bounds[j] = start + j
         for j in range(parts - 1):
-            pair_ranks[j] = lookup(slots, blob, offsets, ranks, max_len, data, start + j, start + j + 2)
+            pair_ranks[j] = lookup(slots, blob, max_len, data, start + j, start + j + 2)
         while parts > 1:
             best, i = NO_RANK, -1
             for j in range(parts - 1):
@@ -105,11 +114,11 @@ def encode_chunks(data: Any, starts: Any, slots: Any, blob: Any, offsets: Any, r
                 pair_ranks[j] = pair_ranks[j + 1]
             parts -= 1
             if i > 0:
-                pair_ranks[i - 1] = lookup(slots, blob, offsets, ranks, max_len, data, bounds[i - 1], bounds[i + 1])
+                pair_ranks[i - 1] = lookup(slots, blob, max_len, data, bounds[i - 1], bounds[i + 1])
             if i < parts - 1:
-                pair_ranks[i] = lookup(slots, blob, offsets, ranks, max_len, data, bounds[i], bounds[i + 2])
+                pair_ranks[i] = lookup(slots, blob, max_len, data, bounds[i], bounds[i + 2])
         for j in range(parts):
-            out[pos] = lookup(slots, blob, offsets, ranks, max_len, data, bounds[j], bounds[j + 1])
+            out[pos] = lookup(slots, blob, max_len, data, bounds[j], bounds[j + 1])
             pos += 1
         counts[c] = parts
     return out[:pos], counts
