@@ -86,14 +86,13 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
 
 def save_loss_plot(records: list[dict[str, Any]], png_path: Path) -> None:
     """Draw train and validation loss (nats/token) against step into ``png_path`` (atomically)."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display on servers; must precede pyplot
-    import matplotlib.pyplot as plt
+    # A bare Figure draws with the Agg canvas and leaves pyplot's global backend alone (notebooks keep inline plots).
+    from matplotlib.figure import Figure
 
     train = [(r["step"], r["train_loss"]) for r in records if _finite(r.get("train_loss"))]
     val = [(r["step"], r["val_loss"]) for r in records if _finite(r.get("val_loss"))]
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    fig = Figure(figsize=(7, 4), dpi=100)
+    ax = fig.subplots()
     if train:
         ax.plot(*zip(*train, strict=True), label="train", linewidth=1.0, alpha=0.8)
     if val:
@@ -104,7 +103,6 @@ def save_loss_plot(records: list[dict[str, Any]], png_path: Path) -> None:
     ax.legend()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", bbox_inches="tight")
-    plt.close(fig)
     atomic_write_bytes(png_path, buffer.getvalue())
 
 

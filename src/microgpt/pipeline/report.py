@@ -158,14 +158,14 @@ def plot_curves(curves: Mapping[str, Path], png_path: Path, title: str) -> bool:
         title: The plot's title.
     """
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")  # no display on servers; must precede pyplot
-        import matplotlib.pyplot as plt
+        # A bare Figure draws with the Agg canvas and leaves pyplot's global backend alone (inline plots in
+        # notebooks keep working).
+        from matplotlib.figure import Figure
     except ImportError:  # a broken matplotlib must not cost the report its table
         log.warning("matplotlib is not importable; %s is not drawn", png_path.name)
         return False
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    fig = Figure(figsize=(7, 4), dpi=100)
+    ax = fig.subplots()
     drawn = False
     for index, (label, path) in enumerate(curves.items()):
         records = read_metrics(path)
@@ -185,7 +185,6 @@ def plot_curves(curves: Mapping[str, Path], png_path: Path, title: str) -> bool:
         ax.legend(fontsize=7)
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", bbox_inches="tight")
-    plt.close(fig)
     atomic_write_bytes(png_path, buffer.getvalue())
     return drawn
 
