@@ -28,6 +28,9 @@ def test_jit_matches_python_on_a_small_vocabulary() -> None:
     pieces = ["abc", "abcab", "aaaa", "aaaaa", "x", "", "zabcz", "é", "ab" * 40]
     assert ChunkBPE(ranks).encode(pieces) == _python_ids(pieces, ranks)
     assert ChunkBPE(ranks).encode([]) == []
+    prepared = ChunkBPE(ranks)
+    prepared.prepare()  # what encode_batch does before forking its workers
+    assert prepared.encode(pieces) == _python_ids(pieces, ranks)
 
 
 @needs_jit

@@ -68,6 +68,14 @@ class ChunkBPE:
         max_len = int(np.diff(offsets).max(initial=0))
         return build_table(blob, offsets, ranks), blob, max_len
 
+    def prepare(self) -> None:
+        """Load the compiled kernel and build the hash table now (before forking workers, so they share both)."""
+        kernels = _kernels()
+        if kernels is not None and self._table is None:
+            self._table = self._build(kernels[0])
+            data = np.frombuffer(b"", np.uint8)  # read-only like encode's: the same compiled signature
+            kernels[1](data, np.zeros(1, np.int64), *self._table)  # loads the machine code
+
     def encode(self, chunks: Sequence[str]) -> list[tuple[int, ...]]:
         """The ids of each chunk; raises ``UnicodeEncodeError`` on a lone surrogate (the caller fixes the text)."""
         pieces = [chunk.encode("utf-8") for chunk in chunks]

@@ -59,6 +59,7 @@ class EncodePool:
             # Forked workers inherit the module global; the pool keeps no reference to the tokenizer, so the
             # tokenizer can be garbage-collected (which stops the pool).
             _worker_tokenizer = tokenizer
+            tokenizer._encoder.bpe.prepare()  # compiled code and hash table built once, inherited by the workers
             try:
                 self._pool = multiprocessing.get_context("fork").Pool(num_workers)
             finally:
