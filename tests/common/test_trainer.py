@@ -117,6 +117,7 @@ def _losses(out_dir: Path) -> list[tuple[int, float]]:
     return [(r["step"], r["train_loss"]) for r in read_metrics(out_dir / "metrics.jsonl") if "train_loss" in r]
 
 
+@pytest.mark.slow
 def test_trains_logs_and_checkpoints(tmp_path: Path) -> None:
     result = TinyTrainer(_config(max_steps=40, plot=True, eval_interval=20, checkpoint_interval=20), tmp_path).fit()
     records = read_metrics(tmp_path / "metrics.jsonl")
