@@ -73,9 +73,9 @@ def main() -> None:
     report = run_preset(args.preset, args.overrides, args.keep)
     verdicts = []
     if args.bar_bpb is not None:
-        verdicts.append(report["val_bpb"] <= args.bar_bpb)  # type: ignore[operator]
+        verdicts.append(float(str(report["val_bpb"])) <= args.bar_bpb)
     if args.bar_seconds is not None:
-        verdicts.append(report["seconds"] <= args.bar_seconds)  # type: ignore[operator]
+        verdicts.append(float(str(report["seconds"])) <= args.bar_seconds)
     report["nanogpt_baby_gpt"] = NANOGPT_BABY
     if verdicts:
         report["pass"] = all(verdicts)
