@@ -175,7 +175,9 @@ prepare_data(config, Tokenizer.from_directory(sys.argv[2]), sys.argv[3])
 @pytest.mark.slow
 def test_prepare_killed_hard_resumes_to_identical_bytes(tmp_path: Path, tokenizer: Tokenizer) -> None:
     # SIGKILL: no exception handler runs, a shard or progress file may be half-written (under a temp name).
-    (tmp_path / "docs.txt").write_text("\n\n".join(corpus(2400) * 2))
+    # Big enough that the kill lands mid-run on an idle machine too (the first progress file appears after the
+    # first 2,000-token shard; the whole corpus takes seconds).
+    (tmp_path / "docs.txt").write_text("\n\n".join(corpus(2400) * 6))
     config = DataConfig(
         sources=[FileSource(paths=[str(tmp_path / "docs.txt")], separator="\n\n")],
         val_docs=50,
@@ -191,7 +193,7 @@ def test_prepare_killed_hard_resumes_to_identical_bytes(tmp_path: Path, tokenize
         deadline = time.monotonic() + 60
         while not (out / "progress.json").exists() and time.monotonic() < deadline and child.poll() is None:
             time.sleep(0.01)
-        time.sleep(0.2)
+        time.sleep(0.05)
     finally:
         child.send_signal(signal.SIGKILL)
         child.wait()
