@@ -148,3 +148,28 @@ def test_data_from_another_tokenizer_is_refused(stage: tuple[Path, Path], tmp_pa
     config = FinetuneConfig(init_from=stage1, data_dir=data, out_dir=tmp_path / "ft")
     with pytest.raises(MicrogptError, match="not the tokenizer of the parent"):
         FinetuneTrainer(config)
+
+
+def test_finetune_command_trains_from_a_parent_and_reports_errors(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from microgpt.cli.main import main
+
+    stage1 = make_stage1(tmp_path)
+    data = make_stage2_data(tmp_path, stage1)
+    config = tmp_path / "finetune.yaml"
+    config.write_text(
+        f"init_from: {stage1}\ndata_dir: {data}\nout_dir: {tmp_path / 'ft'}\n"
+        + "train:\n"
+        + "".join(f"  {key}: {value}\n" for key, value in quiet_train(max_steps=3).items())
+    )
+    with pytest.raises(SystemExit) as done:
+        main(["finetune", str(config), "train.lr=1e-3"])
+    assert done.value.code in (0, None)
+    assert "step 3:" in capsys.readouterr().out
+    assert read_meta(resolve_checkpoint(tmp_path / "ft"))["step"] == 3
+
+    with pytest.raises(SystemExit) as failed:
+        main(["finetune", str(config), f"init_from={tmp_path / 'missing'}"])
+    assert failed.value.code == 1
+    assert capsys.readouterr().err.startswith("error: ")

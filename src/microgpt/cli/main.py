@@ -40,7 +40,17 @@ def _root(
 def _register_commands() -> None:
     """Plug each command module into the app (the one table of commands)."""
     # Command modules are imported here, not at the top, so `--help` stays fast and each stays optional.
-    registrations: list[str] = ["tokenizer", "data", "train", "sample", "eval", "soup", "pipeline", "export"]
+    registrations: list[str] = [
+        "tokenizer",
+        "data",
+        "train",
+        "finetune",
+        "sample",
+        "eval",
+        "soup",
+        "pipeline",
+        "export",
+    ]
     for module_name in registrations:
         module = __import__(f"microgpt.cli.{module_name}", fromlist=["register"])
         module.register(app)
