@@ -42,9 +42,4 @@ def register(app: typer.Typer) -> None:
         run = load_config(RunConfig, config, overrides or [])
         result = run_pretraining(run, overwrite=overwrite)
         if DistInfo.from_env().is_main:
-            bpb = f"{result.val_bpb:.4f}" if result.val_bpb is not None else "n/a"
-            loss = f"{result.val_loss:.4f}" if result.val_loss is not None else "n/a"
-            typer.echo(
-                f"step {result.step}: val loss {loss} nats/token, {bpb} bits/byte, "
-                f"{result.tokens:,} tokens in {result.seconds:.1f}s; checkpoint {result.checkpoint}"
-            )
+            typer.echo(result.summary())

@@ -82,6 +82,15 @@ class TrainResult:
     checkpoint: Path | None
     seconds: float
 
+    def summary(self) -> str:
+        """One line for a person: final step, validation loss and bits per byte, tokens, time, checkpoint."""
+        loss = f"{self.val_loss:.4f}" if self.val_loss is not None else "n/a"
+        bpb = f"{self.val_bpb:.4f}" if self.val_bpb is not None else "n/a"
+        return (
+            f"step {self.step}: val loss {loss} nats/token, {bpb} bits/byte, "
+            f"{self.tokens:,} tokens in {self.seconds:.1f}s; checkpoint {self.checkpoint}"
+        )
+
 
 class NonFiniteLossError(MicrogptError):
     """The training loss became NaN or infinite."""
