@@ -70,7 +70,7 @@ def bench_one(name: str, docs: list[str], mb: float, repeats: int) -> None:
     for label, (wall, cpu, _) in (("cold", ours_cold), ("warm", ours_warm)):
         ratio, cpu_ratio = tik[0] / wall, tik[1] / cpu
         print(f"  ours {label}, 1 process: {mb / wall:5.1f} MB/s = {ratio:.2f}x  [{mb / cpu:5.1f} = {cpu_ratio:.2f}x]")
-    print(f"  ours encode_batch, 2 processes, cold: {mb / ours_batch[0]:5.1f} MB/s = {tik[0] / ours_batch[0]:.2f}x")
+    print(f"  ours encode_batch, 2 workers, cold: {mb / ours_batch[0]:5.1f} MB/s = {tik[0] / ours_batch[0]:.2f}x")
 
 
 def main() -> None:

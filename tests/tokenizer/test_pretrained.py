@@ -45,6 +45,14 @@ def test_pretrained_equals_tiktoken_on_samples(name: str, ours: Any, oracle: Any
         assert tok.encode(specials, **kwargs) == enc.encode(specials, **kwargs)
 
 
+@pytest.mark.parametrize("name", ["r50k_base", "cl100k_base", "o200k_base"])
+def test_regex_path_equals_tiktoken_too(name: str, pretrained_dir: Path, oracle: Any) -> None:
+    tok = Tokenizer.from_pretrained(name, cache_dir=pretrained_dir)
+    tok._encoder.compiled_kind = None  # what runs without numba (or with MICROGPT_NO_JIT=1)
+    for text in SAMPLES:
+        assert tok.encode_ordinary(text) == oracle(name).encode_ordinary(text), text
+
+
 def test_gpt2_files_equal_r50k(ours: Any, pretrained_dir: Path) -> None:
     gpt2 = Tokenizer.from_gpt2_files(pretrained_dir / "encoder.json", pretrained_dir / "vocab.bpe")
     assert gpt2.ranks == ours("r50k_base").ranks

@@ -8,6 +8,7 @@ import pytest
 
 from microgpt.common.errors import ConfigError, MicrogptError
 from microgpt.tokenizer import DisallowedSpecialError, Tokenizer
+from microgpt.tokenizer.bpe_jit import jit_available
 
 DOCS = ["the quick brown fox jumps over the lazy dog. " * 20, "Ünïcödé 🎉 中文 12345 \n\n  spaces"]
 SPECIALS = ("<|endoftext|>", "<|pad|>")
@@ -48,13 +49,24 @@ def test_lone_surrogates_become_replacement_chars(tok: Tokenizer) -> None:
     assert tok.decode(tok.encode("\ud83c\udf89")) == "🎉"  # a surrogate pair joins into one character
 
 
-def test_encode_batch_matches_encode_in_one_and_two_processes(tok: Tokenizer) -> None:
-    texts = [f"document {i}: " + DOCS[i % 2] * 300 for i in range(8)]
+def test_encode_batch_matches_encode_in_one_and_two_workers(tok: Tokenizer) -> None:
+    texts = [f"document {i}: " + DOCS[i % 2] * 300 for i in range(8)]  # over PARALLEL_MIN_CHARS
     expected = [tok.encode(t) for t in texts]
     assert tok.encode_batch(texts) == expected
     assert tok.encode_batch(texts, num_workers=2) == expected
+    assert tok._pools == {} or not jit_available()  # the compiled encoder runs in threads: no processes
     with pytest.raises(DisallowedSpecialError):
         tok.encode_batch(["x<|pad|>"] * 2)
+
+
+@pytest.mark.parametrize("pattern", ["gpt2", "gpt4", "o200k"])
+def test_compiled_and_regex_paths_give_the_same_ids(pattern: str) -> None:
+    trained = Tokenizer.train(DOCS, 400, pattern=pattern)
+    regex_path = Tokenizer(trained.ranks, trained.pattern, trained.special_tokens)
+    regex_path._encoder.compiled_kind = None  # as without numba: regex split, segment and chunk caches
+    text = DOCS[0] + DOCS[1] + " It'S don't\r\n\n  x  ſ 1234567 ab/cd//\n" * 3
+    assert trained.encode(text) == regex_path.encode(text) == regex_path.encode(text)
+    assert trained._encoder.compiled_kind is not None or not jit_available()
 
 
 def test_cache_makes_no_difference(tok: Tokenizer) -> None:
@@ -117,8 +129,8 @@ def test_constructor_checks() -> None:
     assert "gpt2" in repr(Tokenizer(ranks, "gpt2"))
 
 
-def test_encode_batch_keeps_its_workers_until_closed() -> None:
-    tok = Tokenizer.train(DOCS, 300)
+def test_encode_batch_keeps_its_worker_processes_until_closed() -> None:
+    tok = Tokenizer.train(DOCS, 300, pattern=r" ?\w+| ?[^\w\s]+|\s+")  # a custom pattern: Python, so processes
     texts = [DOCS[0] * 1200, DOCS[1] * 2000, "short"]  # over PARALLEL_MIN_CHARS
     first = tok.encode_batch(texts, num_workers=2)
     pool = tok._pools[2]

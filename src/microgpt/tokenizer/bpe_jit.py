@@ -22,23 +22,24 @@ from typing import Any
 import numpy as np
 
 from microgpt.tokenizer.bpe import encode_chunk
+from microgpt.tokenizer.patterns import class_table
 
 
-def _load_kernels() -> tuple[Any, Any] | None:
-    """The compiled (build_table, encode_chunks) pair, or ``None`` without numba or with ``MICROGPT_NO_JIT``."""
+def _load_kernels() -> tuple[Any, Any, Any] | None:
+    """The compiled (build_table, encode_chunks, chunk_starts); ``None`` without numba or with ``MICROGPT_NO_JIT``."""
     if os.environ.get("MICROGPT_NO_JIT"):
         return None
     try:
-        from microgpt.tokenizer import bpe_kernels
+        from microgpt.tokenizer import bpe_kernels, split_kernels
     except ImportError:
         return None
-    return bpe_kernels.build_table, bpe_kernels.encode_chunks
+    return bpe_kernels.build_table, bpe_kernels.encode_chunks, split_kernels.chunk_starts
 
 
-_KERNELS: tuple[Any, Any] | None | bool = False  # False: not loaded yet
+_KERNELS: tuple[Any, Any, Any] | None | bool = False  # False: not loaded yet
 
 
-def _kernels() -> tuple[Any, Any] | None:
+def _kernels() -> tuple[Any, Any, Any] | None:
     global _KERNELS
     if _KERNELS is False:
         _KERNELS = _load_kernels()
@@ -75,6 +76,7 @@ class ChunkBPE:
             self._table = self._build(kernels[0])
             data = np.frombuffer(b"", np.uint8)  # read-only like encode's: the same compiled signature
             kernels[1](data, np.zeros(1, np.int64), *self._table)  # loads the machine code
+            kernels[2](data, 0, class_table())
 
     def encode(self, chunks: Sequence[str]) -> list[tuple[int, ...]]:
         """The ids of each chunk; raises ``UnicodeEncodeError`` on a lone surrogate (the caller fixes the text)."""
@@ -91,7 +93,7 @@ class ChunkBPE:
         if kernels is None:
             ranks = self.ranks
             return [tuple(encode_chunk(piece, ranks)) for piece in pieces]
-        build_table, encode_chunks = kernels
+        build_table, encode_chunks, _ = kernels
         if self._table is None:
             self._table = self._build(build_table)
         starts = np.zeros(len(pieces) + 1, np.int64)
@@ -101,3 +103,19 @@ class ChunkBPE:
         ids: tuple[int, ...] = tuple(flat.tolist())
         ends = list(accumulate(counts.tolist()))
         return [ids[a:b] for a, b in zip([0, *ends], ends, strict=False)]
+
+    def encode_text(self, text: bytes, kind: int) -> list[int]:
+        """Split UTF-8 ``text`` with a known pattern (``split_kernels.GPT2`` ...) and encode it, all compiled.
+
+        Only when :func:`jit_available`; nothing here makes a Python object per chunk, and both kernels release
+        the GIL, so threads encode in parallel.
+        """
+        kernels = _kernels()
+        assert kernels is not None, "encode_text needs the compiled kernels"
+        build_table, encode_chunks, chunk_starts = kernels
+        if self._table is None:
+            self._table = self._build(build_table)
+        data = np.frombuffer(text, np.uint8)
+        flat, _ = encode_chunks(data, chunk_starts(data, kind, class_table()), *self._table)
+        ids: list[int] = flat.tolist()
+        return ids

@@ -1,6 +1,9 @@
-r"""The hot path of encoding ordinary text: split, look up caches, BPE only what was never seen.
+r"""The hot path of encoding ordinary text.
 
-Two caches make repeated text cheap:
+With numba and one of the three known patterns, the whole text goes to compiled code at once: split
+(:mod:`~microgpt.tokenizer.split_kernels`), then every chunk's BPE (:mod:`~microgpt.tokenizer.bpe_kernels`), with
+no Python object per chunk and no cache needed. Otherwise (a custom pattern, or no JIT): split with the regex,
+look up caches, BPE only what was never seen. Two caches make repeated text cheap:
 
 * a **chunk cache** (chunk text → ids): BPE runs once per distinct chunk;
 * a **segment cache** for the known patterns (``gpt2``, ``gpt4``, ``o200k``): the text is cut before every
@@ -25,8 +28,10 @@ from operator import is_
 
 import regex
 
-from microgpt.tokenizer.bpe_jit import ChunkBPE
+from microgpt.tokenizer.bpe_jit import ChunkBPE, jit_available
 from microgpt.tokenizer.patterns import pattern_name
+
+PATTERN_KINDS = {"gpt2": 0, "gpt4": 1, "o200k": 2}  # split_kernels.GPT2, GPT4, O200K (that module needs numba)
 
 CHUNK_CACHE_LIMIT = 1 << 18  # entries before a cache is cleared (bounded memory on endless streams)
 SEGMENT_CACHE_LIMIT = 1 << 18
@@ -47,10 +52,14 @@ class ChunkEncoder:
         self.bpe = ChunkBPE(ranks)
         self.chunks: dict[str, Ids] = {}  # chunk text → ids
         # Segment → ids, for the three known patterns only (see the module docstring).
-        self.segments: dict[str, Ids] | None = None if pattern_name(pattern) is None else {}
+        name = pattern_name(pattern)
+        self.segments: dict[str, Ids] | None = None if name is None else {}
+        self.compiled_kind = PATTERN_KINDS[name] if name is not None and jit_available() else None
 
     def encode(self, text: str) -> list[int]:
         """Token ids of ``text``; raises ``UnicodeEncodeError`` on a lone surrogate (the caller fixes the text)."""
+        if self.compiled_kind is not None:
+            return self.bpe.encode_text(text.encode("utf-8"), self.compiled_kind)
         if self.segments is None:
             return list(chain.from_iterable(self._chunk_ids(self.findall(text))))
         segments = split_segments(text)

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import array
 import multiprocessing
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from itertools import chain
 from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
@@ -46,6 +48,13 @@ def split_evenly(texts: Sequence[str], n_groups: int) -> list[list[str]]:
         groups[-1].append(text)
         size += len(text)
     return groups
+
+
+def encode_in_threads(encode: Callable[[str], list[int]], texts: Sequence[str], num_threads: int) -> list[list[int]]:
+    """``[encode(t) for t in texts]`` on ``num_threads`` threads, a few contiguous groups each, in order."""
+    groups = split_evenly(texts, num_threads * GROUPS_PER_WORKER)
+    with ThreadPoolExecutor(num_threads, thread_name_prefix="microgpt-encode") as executor:
+        return list(chain.from_iterable(executor.map(lambda group: list(map(encode, group)), groups)))
 
 
 class EncodePool:

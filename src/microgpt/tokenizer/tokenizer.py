@@ -24,7 +24,7 @@ import regex
 from microgpt.common.errors import ConfigError, MicrogptError
 from microgpt.tokenizer.encoder import ChunkEncoder
 from microgpt.tokenizer.patterns import compile_pattern, pattern_name, resolve_pattern
-from microgpt.tokenizer.pool import EncodePool
+from microgpt.tokenizer.pool import EncodePool, encode_in_threads
 from microgpt.tokenizer.trainer import train_vocab
 
 ENDOFTEXT = "<|endoftext|>"
@@ -324,10 +324,11 @@ class Tokenizer:
         allowed_special: AllSpecial | Collection[str] = frozenset(),
         disallowed_special: AllSpecial | Collection[str] = "all",
     ) -> list[list[int]]:
-        """Encode many texts, in ``num_workers`` processes when there is enough text to pay for them.
+        """Encode many texts on ``num_workers`` workers when there is enough text (1 MB) to pay for them.
 
-        The worker processes (forked where the platform allows) are kept for later calls with the same
-        ``num_workers``, so their caches stay warm; :meth:`close` stops them.
+        The workers are threads when the compiled encoder runs (numba and a known pattern: it releases the GIL),
+        else processes (forked where the platform allows), kept for later calls with the same ``num_workers`` so
+        their caches stay warm; :meth:`close` stops them.
 
         Returns:
             One list of ids per text, in order.
@@ -341,6 +342,8 @@ class Tokenizer:
             return [self.encode(t, **kwargs) for t in texts]
         for text in texts:  # checked here, so the error keeps its class and names the text's special token
             self._check_special(text, allowed_special, disallowed_special)
+        if self._encoder.compiled_kind is not None:
+            return encode_in_threads(functools.partial(self.encode, **kwargs), texts, num_workers)
         pool = self._pools.get(num_workers)
         if pool is None:
             pool = self._pools[num_workers] = EncodePool(self, num_workers)
