@@ -41,6 +41,9 @@ def test_jit_matches_python_on_pretrained_ranks(name: str, pretrained_dir: Path)
     alphabet = "abcdefghijklmnopqrstuvwxyz ETAOIN.,'!0123456789é漢😀\n"
     pieces = ["".join(rng.choice(alphabet) for _ in range(rng.randint(1, 24))) for _ in range(3000)]
     pieces += [" tokenization", " unbelievably", "ation", " " * 200, "x" * 300]
+    # Longer than bpe_kernels.LONG_CHUNK: merged with a heap instead of a scan; small alphabets make many ties.
+    for alphabet in ("ab", "aaab", "thequickbrownfox", "0123456789", "xyzé"):
+        pieces += ["".join(rng.choice(alphabet) for _ in range(rng.randint(129, 400))) for _ in range(4)]
     assert ChunkBPE(ranks).encode(pieces) == _python_ids(pieces, ranks)
 
 
