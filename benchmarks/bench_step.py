@@ -26,8 +26,12 @@ from microgpt.model.gpt import GPT
 SDPA: dict[str, Any] = {"attn_implementation": "sdpa"}
 
 
+ADAMW_OPTIONS: dict[str, dict[str, bool]] = {"default": {}, "fused": {"fused": True}, "foreach": {"foreach": True}}
+ADAMW = "default"  # --adamw: the same AdamW implementation for every model of a run
+
+
 def make_step(model: nn.Module, idx: torch.Tensor, targets: torch.Tensor, hf: bool) -> Callable[[], float]:
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.1)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.1, **ADAMW_OPTIONS[ADAMW])
     model.train()
 
     def step() -> float:
@@ -100,7 +104,7 @@ def small_shape(args: argparse.Namespace) -> None:
     result = time_steps(steps, rounds=args.rounds, per_round=args.steps, warmup=5)
     tokens = batch * block
     print(f"shape: {n_layer} layers, {n_head} heads, {n_embd} wide, context {block}, batch {batch}, vocab {vocab}")
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, fp32")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, fp32, AdamW {ADAMW}")
     for name, seconds in result.items():
         print(f"  {name:34s} {seconds * 1e3:7.2f} ms/step  {tokens / seconds:9.0f} tok/s")
     names = list(result)
@@ -175,7 +179,12 @@ def main() -> None:
     parser.add_argument("--gpt2-124m", action="store_true", help="also time a GPT-2-124M-shaped step")
     parser.add_argument("--ablations", action="store_true", help="time one-option changes instead of the peers")
     parser.add_argument("--compile", action="store_true", help="with --ablations: add a torch.compile'd base")
+    parser.add_argument(
+        "--adamw", choices=sorted(ADAMW_OPTIONS), default="default", help="AdamW implementation, same for all models"
+    )
     args = parser.parse_args()
+    global ADAMW
+    ADAMW = args.adamw
     torch.set_num_threads(args.threads)
     if args.ablations:
         ablations(args)
