@@ -3,7 +3,8 @@
 Token bytes are looked up in an open-addressing hash table (FNV-1a, linear probing; see :func:`build_table`)
 over ``blob``, all token bytes end to end. Chunks up to ``LONG_CHUNK`` bytes merge by scanning their pairs
 (fastest for words); longer ones (minified code, base64, a run of one character) merge with a heap, so a
-megabyte-long chunk takes a fraction of a second instead of minutes. Arrays: ``uint8`` bytes, ``int32`` table, ``int64`` the rest.
+megabyte-long chunk takes a fraction of a second instead of minutes.
+Arrays: ``uint8`` bytes, ``int32`` table, ``int64`` the rest.
 """
 
 from __future__ import annotations
