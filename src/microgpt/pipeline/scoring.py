@@ -8,6 +8,7 @@ with the lowest *val* loss, as a practitioner without the test split would pick 
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -47,8 +48,14 @@ def score_models(config: PipelineConfig, checkpoint: Path, data_dir: Path) -> di
         tokenizer = Tokenizer.from_directory(checkpoint / "tokenizer")
         result["hellaswag"] = evaluate_hellaswag(model, tokenizer, path, limit=config.eval.hellaswag_limit).to_dict()
     elif path is not None:
-        log.warning("eval.hellaswag: %s not found; the report has no HellaSwag column", path)
+        _warn_missing_hellaswag(str(path))
     return result
+
+
+@functools.cache
+def _warn_missing_hellaswag(path: str) -> None:
+    """Say once per process, not once per scored model, that the HellaSwag file is missing."""
+    log.warning("eval.hellaswag: %s not found; the report has no HellaSwag column", path)
 
 
 def _row(name: str, score: dict[str, Any], note: str = "") -> ModelScore:
