@@ -1,4 +1,8 @@
-"""The torchrun environment in one small object, and process-group set-up (gloo on CPU, NCCL on GPU)."""
+"""The torchrun environment in one small object, and process-group set-up (gloo on CPU, NCCL on GPU).
+
+torch is imported inside the functions that need it: the logger reads :class:`DistInfo`, and commands that never
+touch a model (``microgpt tokenizer ...``, ``microgpt data ...``) should not pay torch's ~1 s import.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +10,12 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
-
-import torch
-import torch.distributed as torch_dist
+from typing import TYPE_CHECKING
 
 from microgpt.common.errors import MicrogptError
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass(frozen=True)
@@ -66,6 +71,9 @@ def init_distributed(info: DistInfo, device: torch.device) -> None:
 
     The backend is NCCL for CUDA devices and gloo for everything else.
     """
+    import torch
+    import torch.distributed as torch_dist
+
     if not info.is_distributed or torch_dist.is_initialized():
         return
     backend = "nccl" if device.type == "cuda" else "gloo"
@@ -76,11 +84,15 @@ def init_distributed(info: DistInfo, device: torch.device) -> None:
 
 def destroy_distributed() -> None:
     """Leave the process group if one was joined."""
+    import torch.distributed as torch_dist
+
     if torch_dist.is_available() and torch_dist.is_initialized():
         torch_dist.destroy_process_group()
 
 
 def barrier() -> None:
     """Wait for every rank (no-op in a single process)."""
+    import torch.distributed as torch_dist
+
     if torch_dist.is_available() and torch_dist.is_initialized():
         torch_dist.barrier()
