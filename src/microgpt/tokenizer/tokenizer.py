@@ -2,7 +2,8 @@
 
 A tokenizer is a map from token bytes to rank (the token id), a split pattern and a set of special tokens.
 Encoding splits text with the pattern and encodes each chunk by rank order (:func:`~microgpt.tokenizer.bpe.
-encode_chunk`); a per-chunk cache makes repeated words a dictionary lookup.
+encode_chunk`): in compiled code for the known patterns, else through a regex and a per-chunk cache
+(:mod:`~microgpt.tokenizer.encoder`).
 
 >>> tok = Tokenizer.train(["hello hello world"], vocab_size=260, special_tokens=())
 >>> tok.decode(tok.encode("hello world"))
