@@ -8,8 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from microgpt.tokenizer import bpe_jit
-from microgpt.tokenizer.encoder import PATTERN_KINDS
-from microgpt.tokenizer.patterns import PATTERNS, class_table, compile_pattern
+from microgpt.tokenizer.patterns import PATTERN_KINDS, PATTERNS, class_table, compile_pattern
 
 pytestmark = pytest.mark.skipif(not bpe_jit.jit_available(), reason="numba not installed or MICROGPT_NO_JIT set")
 

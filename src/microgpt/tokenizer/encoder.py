@@ -29,9 +29,7 @@ from operator import is_
 import regex
 
 from microgpt.tokenizer.bpe_jit import ChunkBPE, jit_available
-from microgpt.tokenizer.patterns import pattern_name
-
-PATTERN_KINDS = {"gpt2": 0, "gpt4": 1, "o200k": 2}  # split_kernels.GPT2, GPT4, O200K (that module needs numba)
+from microgpt.tokenizer.patterns import PATTERN_KINDS, pattern_name
 
 CHUNK_CACHE_LIMIT = 1 << 18  # entries before a cache is cleared (bounded memory on endless streams)
 SEGMENT_CACHE_LIMIT = 1 << 18

@@ -81,6 +81,10 @@ def compile_pattern(pattern: str) -> regex.Pattern[str]:
     return compiled
 
 
+# The compiled splitter's number for each known pattern (split_kernels.chunk_starts takes it).
+PATTERN_KINDS = {"gpt2": 0, "gpt4": 1, "o200k": 2}
+
+
 def pattern_name(pattern: str) -> str | None:
     """Return the short name of a known pattern (``gpt2``, ``gpt4``, ``o200k``), or ``None`` for a custom one."""
     for name in ("gpt2", "gpt4", "o200k"):

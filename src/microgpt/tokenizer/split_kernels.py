@@ -18,6 +18,8 @@ from typing import Any
 import numba
 import numpy as np
 
+from microgpt.tokenizer.patterns import PATTERN_KINDS
+
 # Bits of the class table (one uint16 per code point); the high byte holds the ASCII letter that the code
 # point equals under the patterns' (?i) (``s`` for ``ſ`` U+017F), for the contractions.
 LETTER = 1  # \p{L}
@@ -26,7 +28,7 @@ SPACE = 4  # \s
 UPPER = 8  # [\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}] (o200k)
 LOWER = 16  # [\p{Ll}\p{Lm}\p{Lo}\p{M}] (o200k)
 
-GPT2, GPT4, O200K = 0, 1, 2  # pattern kinds, as passed to chunk_starts
+GPT2, GPT4, O200K = PATTERN_KINDS["gpt2"], PATTERN_KINDS["gpt4"], PATTERN_KINDS["o200k"]
 
 _CR, _LF, _SP, _QUOTE, _SLASH = 13, 10, 32, 39, 47
 
