@@ -105,7 +105,7 @@ class ChunkBPE:
         return [ids[a:b] for a, b in zip([0, *ends], ends, strict=False)]
 
     def encode_text(self, text: bytes, kind: int) -> list[int]:
-        """Split UTF-8 ``text`` with a known pattern (``kind`` from ``patterns.PATTERN_KINDS``) and encode it, all compiled.
+        """Split UTF-8 ``text`` with a known pattern (``patterns.PATTERN_KINDS``) and encode it, all compiled.
 
         Only when :func:`jit_available`; nothing here makes a Python object per chunk, and both kernels release
         the GIL, so threads encode in parallel.
