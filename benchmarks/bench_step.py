@@ -5,6 +5,7 @@ interleaved in rounds so a neighbouring process slows each equally. Prints ms pe
 
     .venv/bin/python benchmarks/bench_step.py                 # the issue's shape: 4 layers, 4 heads, 128 wide
     .venv/bin/python benchmarks/bench_step.py --gpt2-124m     # also one GPT-2-124M-shaped step (batch 4 × 256)
+    .venv/bin/python benchmarks/bench_step.py --compile       # also microgpt and HF Llama, both torch.compile'd
     .venv/bin/python benchmarks/bench_step.py --ablations [--compile]   # one option changed at a time
 """
 
@@ -101,6 +102,20 @@ def small_shape(args: argparse.Namespace) -> None:
         "microgpt (gpt-2 options)": make_step(ours_gpt2, idx, targets, hf=False),
         "HF GPT2LMHeadModel": make_step(gpt2, idx, targets, hf=True),
     }
+    if args.compile:
+        # Fresh copies of both Llama-shaped models, each compiled in place with the same mode.
+        torch.manual_seed(0)
+        compiled_models = (
+            ("microgpt compiled", GPT(ours_cfg), False),
+            ("HF Llama compiled", LlamaForCausalLM(llama.config), True),
+        )
+        for name, model, hf in compiled_models:
+            model.compile(mode=args.compile)
+            step = make_step(model, idx, targets, hf=hf)
+            start = time.perf_counter()
+            step()
+            print(f"{name}: first step (compiles, mode {args.compile}) {time.perf_counter() - start:.1f} s")
+            steps[name] = step
     result = time_steps(steps, rounds=args.rounds, per_round=args.steps, warmup=5)
     tokens = batch * block
     print(f"shape: {n_layer} layers, {n_head} heads, {n_embd} wide, context {block}, batch {batch}, vocab {vocab}")
@@ -115,6 +130,10 @@ def small_shape(args: argparse.Namespace) -> None:
     print(f"  microgpt model FLOP/s: {flops / 1e9:.1f} GFLOP/s ({per_token / 1e6:.2f} MFLOP/token)")
     print(f"  speedup vs Llama: {result[names[1]] / result[names[0]]:.2f}x")
     print(f"  speedup vs GPT2 (same options):  {result[names[3]] / result[names[2]]:.2f}x")
+    if args.compile:
+        compiled = result["microgpt compiled"]
+        print(f"  microgpt compiled vs HF Llama eager:    {result[names[1]] / compiled:.2f}x")
+        print(f"  microgpt compiled vs HF Llama compiled: {result['HF Llama compiled'] / compiled:.2f}x")
 
 
 def gpt2_124m(args: argparse.Namespace) -> None:
@@ -158,7 +177,7 @@ def ablations(args: argparse.Namespace) -> None:
     if args.compile:
         torch.manual_seed(0)
         compiled = GPT(GPTConfig.model_validate(base))
-        compiled.compile()  # in place: the module keeps its type and parameters
+        compiled.compile(mode=args.compile)  # in place: the module keeps its type and parameters
         start = time.perf_counter()
         step = make_step(compiled, idx, targets, hf=False)
         step()
@@ -178,7 +197,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3, help="steps per round")
     parser.add_argument("--gpt2-124m", action="store_true", help="also time a GPT-2-124M-shaped step")
     parser.add_argument("--ablations", action="store_true", help="time one-option changes instead of the peers")
-    parser.add_argument("--compile", action="store_true", help="with --ablations: add a torch.compile'd base")
+    parser.add_argument(
+        "--compile",
+        nargs="?",
+        const="default",
+        help="also time torch.compile'd models with this mode (default when given alone: %(const)s)",
+    )
     parser.add_argument(
         "--adamw", choices=sorted(ADAMW_OPTIONS), default="default", help="AdamW implementation, same for all models"
     )

@@ -175,3 +175,24 @@ def test_estimate_mfu() -> None:
     assert estimate_mfu(per_token, 1000.0, per_token * 4000.0) == pytest.approx(0.25)
     with pytest.raises(ValueError, match="peak_flops"):
         estimate_mfu(per_token, 1000.0, 0.0)
+
+
+@pytest.mark.slow
+def test_compiled_step_matches_eager() -> None:
+    """torch.compile (inductor, CPU) traces the model as one graph and gives eager's loss and gradients."""
+    config = tiny(mlp="swiglu", qk_norm=True)
+    torch.manual_seed(0)
+    eager = GPT(config)
+    compiled = GPT(config)
+    compiled.load_state_dict(eager.state_dict())
+    compiled.compile(fullgraph=True)  # a graph break raises instead of silently running eager
+    idx = torch.randint(0, config.vocab_size, (2, 16))
+    losses = []
+    for model in (eager, compiled):
+        _, loss = model(idx, idx)
+        assert loss is not None
+        loss.backward()
+        losses.append(loss.detach())
+    torch.testing.assert_close(losses[0], losses[1])
+    for (name, p_eager), p_compiled in zip(eager.named_parameters(), compiled.parameters(), strict=True):
+        torch.testing.assert_close(p_eager.grad, p_compiled.grad, rtol=1e-4, atol=1e-6, msg=name)

@@ -38,7 +38,10 @@ class _SwiGLUFunction(torch.autograd.Function):
 
 
 def swiglu(h: torch.Tensor) -> torch.Tensor:
-    """SwiGLU of ``h`` (..., 2·hidden), gate first: (..., hidden)."""
+    """SwiGLU of ``h`` (..., 2·hidden), gate first: (..., hidden); plain ops under ``torch.compile`` (fused there)."""
+    if torch.compiler.is_compiling():
+        gate, up = h.chunk(2, dim=-1)
+        return F.silu(gate) * up
     out: torch.Tensor = _SwiGLUFunction.apply(h)  # type: ignore[no-untyped-call]  # untyped in torch
     return out
 

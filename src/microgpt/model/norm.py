@@ -42,7 +42,13 @@ class _RMSNormFunction(torch.autograd.Function):
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """``x / sqrt(mean(x²) + eps) · weight`` over the last dimension (Zhang & Sennrich 2019)."""
+    """``x / sqrt(mean(x²) + eps) · weight`` over the last dimension (Zhang & Sennrich 2019).
+
+    Under ``torch.compile`` this is ``F.rms_norm``: inductor fuses its forward and backward into one loop each,
+    which beats the hand-written backward (benchmarks/README.md, "Model step").
+    """
+    if torch.compiler.is_compiling():
+        return F.rms_norm(x, (x.size(-1),), weight, eps)
     out: torch.Tensor = _RMSNormFunction.apply(x, weight, eps)  # type: ignore[no-untyped-call]  # untyped in torch
     return out
 

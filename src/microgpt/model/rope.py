@@ -81,6 +81,10 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     Returns:
         The rotated tensor (B, T, n_heads, D), contiguous, in ``x``'s dtype.
     """
+    if torch.compiler.is_compiling():
+        # Plain ops for inductor to fuse, forward and backward, into one loop each.
+        half = x.size(-1) // 2
+        return x * cos.to(x.dtype) + torch.cat((x[..., half:], x[..., :half]), dim=-1) * sin.to(x.dtype)
     # torch declares Function.apply without types.
     out: torch.Tensor = _RopeFunction.apply(x, cos.to(x.dtype), sin.to(x.dtype))  # type: ignore[no-untyped-call]
     return out
