@@ -220,28 +220,8 @@ class Trainer(ABC):
         step, tokens, best_val = 0, 0, math.inf
         last_val: tuple[float, float | None] | None = None
         if resume is not None:
-            meta = read_meta(resume)
-            state = _read_json(resume / "trainer.json")
-            load_optimizer_state(optimizers, resume)
-            step, tokens = int(state["step"]), int(state["tokens"])
-            best_val = float(state.get("best_val_loss") or math.inf)
-            loaders = state["loader"]
-            if len(loaders) == dist.world_size:
-                loader.load_state_dict(loaders[dist.rank])
-            else:
-                raise MicrogptError(
-                    f"{resume} was written by {len(loaders)} rank(s); resume it with the same number of processes"
-                )
-            if meta.get("val_loss") is not None:
-                last_val = (float(meta["val_loss"]), meta.get("val_bpb"))
-            log.info("resuming from %s (step %d, %s tokens)", resume, step, f"{tokens:,}")
-        model: nn.Module = raw_model
-        use_compile = cfg.compile if cfg.compile is not None else device.type == "cuda"
-        if use_compile:
-            model = torch.compile(model)  # type: ignore[assignment]  # returns a callable wrapper of the module
-        if dist.is_distributed:
-            ids = [device.index] if device.type == "cuda" else None
-            model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+            step, tokens, best_val, last_val = self._restore(resume, optimizers, loader)
+        model = self._wrap(raw_model)
         dtype = autocast_dtype(device, cfg.precision)
         scaler = torch.amp.GradScaler(device.type) if dtype is torch.float16 else None
         writer = CheckpointWriter(ckpt_root, keep_last=cfg.keep_last, keep_best=cfg.keep_best)
@@ -299,44 +279,10 @@ class Trainer(ABC):
                 if last_step:
                     break
 
-                # ---- one optimizer step: micro-steps with accumulation ----
-                loss_sum = torch.zeros((), device=device)
-                for micro_step in range(self.grad_accum):
-                    x, y = next(loader)
-                    x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                    sync = micro_step == self.grad_accum - 1
-                    no_sync = model.no_sync() if isinstance(model, nn.parallel.DistributedDataParallel) else None
-                    with no_sync if no_sync is not None and not sync else contextlib.nullcontext():
-                        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not torch.float32):
-                            loss = self.compute_loss(model, (x, y))
-                        scaled = loss / self.grad_accum
-                        (scaler.scale(scaled) if scaler is not None else scaled).backward()
-                    loss_sum += loss.detach()
-                    interval_tokens += x.numel() * dist.world_size
-                tokens += x.numel() * dist.world_size * self.grad_accum
-                if scaler is not None:
-                    for opt in optimizers:
-                        scaler.unscale_(opt)
-                if cfg.grad_clip > 0:
-                    nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.grad_clip)
-                multiplier = lr_multiplier(
-                    step,
-                    max_steps=cfg.max_steps,
-                    warmup_steps=cfg.warmup_steps,
-                    schedule=cfg.schedule,
-                    min_lr_ratio=cfg.min_lr_ratio,
-                    decay_fraction=cfg.decay_fraction,
-                )
-                set_learning_rate(optimizers, multiplier)
-                for opt in optimizers:
-                    if scaler is not None:
-                        scaler.step(opt)
-                    else:
-                        opt.step()
-                if scaler is not None:
-                    scaler.update()
-                for opt in optimizers:
-                    opt.zero_grad(set_to_none=True)
+                # ---- one optimizer step: micro-steps with accumulation, clip, lr, step, zero_grad ----
+                loss_sum, step_tokens = self._train_step(model, raw_model, optimizers, loader, step, dtype, scaler)
+                tokens += step_tokens
+                interval_tokens += step_tokens
                 step += 1
                 bar.update(1)
 
@@ -380,6 +326,99 @@ class Trainer(ABC):
         )
 
     # ---- pieces of the loop -----------------------------------------------------------------------------------
+
+    def _restore(
+        self, resume: Path, optimizers: list[torch.optim.Optimizer], loader: BatchSource
+    ) -> tuple[int, int, float, tuple[float, float | None] | None]:
+        """Load checkpoint ``resume``'s optimizer, loop and data-loader state (the weights are loaded before).
+
+        Returns:
+            ``(step, tokens, best_val_loss, (val_loss, val_bpb) or None)`` as they were when it was saved.
+        """
+        meta = read_meta(resume)
+        state = _read_json(resume / "trainer.json")
+        load_optimizer_state(optimizers, resume)
+        step, tokens = int(state["step"]), int(state["tokens"])
+        loaders = state["loader"]
+        if len(loaders) != self.dist.world_size:
+            raise MicrogptError(
+                f"{resume} was written by {len(loaders)} rank(s); resume it with the same number of processes"
+            )
+        loader.load_state_dict(loaders[self.dist.rank])
+        last_val = (float(meta["val_loss"]), meta.get("val_bpb")) if meta.get("val_loss") is not None else None
+        log.info("resuming from %s (step %d, %s tokens)", resume, step, f"{tokens:,}")
+        return step, tokens, float(state.get("best_val_loss") or math.inf), last_val
+
+    def _wrap(self, raw_model: nn.Module) -> nn.Module:
+        """The module the loop calls: compiled (by default on CUDA only) and, with several ranks, DDP-wrapped.
+
+        Checkpoints always save ``raw_model``, so no ``_orig_mod.``/``module.`` prefix reaches a weight name.
+        """
+        cfg, device = self.config, self.device
+        model = raw_model
+        if cfg.compile if cfg.compile is not None else device.type == "cuda":
+            model = torch.compile(model)  # type: ignore[assignment]  # returns a callable wrapper of the module
+        if self.dist.is_distributed:
+            ids = [device.index] if device.type == "cuda" else None
+            model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+        return model
+
+    def _train_step(
+        self,
+        model: nn.Module,
+        raw_model: nn.Module,
+        optimizers: list[torch.optim.Optimizer],
+        loader: BatchSource,
+        step: int,
+        dtype: torch.dtype,
+        scaler: torch.amp.GradScaler | None,
+    ) -> tuple[torch.Tensor, int]:
+        """One optimizer step: micro-steps with accumulation → clip → set lr → step → zero_grad.
+
+        DDP syncs gradients on the last micro-step only. The loss stays on the device (no host sync here).
+
+        Returns:
+            ``(sum of the micro-steps' losses, tokens this step consumed across all ranks)``.
+        """
+        cfg, device = self.config, self.device
+        loss_sum = torch.zeros((), device=device)
+        step_tokens = 0
+        for micro_step in range(self.grad_accum):
+            x, y = next(loader)
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            sync = micro_step == self.grad_accum - 1
+            no_sync = model.no_sync() if isinstance(model, nn.parallel.DistributedDataParallel) else None
+            with no_sync if no_sync is not None and not sync else contextlib.nullcontext():
+                with torch.autocast(device.type, dtype=dtype, enabled=dtype is not torch.float32):
+                    loss = self.compute_loss(model, (x, y))
+                scaled = loss / self.grad_accum
+                (scaler.scale(scaled) if scaler is not None else scaled).backward()
+            loss_sum += loss.detach()
+            step_tokens += x.numel() * self.dist.world_size
+        if scaler is not None:
+            for opt in optimizers:
+                scaler.unscale_(opt)
+        if cfg.grad_clip > 0:
+            nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.grad_clip)
+        multiplier = lr_multiplier(
+            step,
+            max_steps=cfg.max_steps,
+            warmup_steps=cfg.warmup_steps,
+            schedule=cfg.schedule,
+            min_lr_ratio=cfg.min_lr_ratio,
+            decay_fraction=cfg.decay_fraction,
+        )
+        set_learning_rate(optimizers, multiplier)
+        for opt in optimizers:
+            if scaler is not None:
+                scaler.step(opt)
+            else:
+                opt.step()
+        if scaler is not None:
+            scaler.update()
+        for opt in optimizers:
+            opt.zero_grad(set_to_none=True)
+        return loss_sum, step_tokens
 
     def _mean_across_ranks(self, value: torch.Tensor) -> float:
         if self.dist.is_distributed:
