@@ -26,12 +26,12 @@ import tiktoken
 from microgpt.common.sources import FileSource
 from microgpt.data import DataConfig, PrepareStats, iter_documents, prepare_data
 from microgpt.tokenizer import Tokenizer
+from microgpt.tokenizer.pretrained import GPT2_ENCODER, GPT2_VOCAB
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 WEB = SHARED / "web"
 TOKENIZERS = SHARED / "tokenizers"
-TIKTOKEN_NAMES = {"vocab.bpe": "6d1cbeee0f20b3d9449abfede4726ed8212e3aee",
-                  "encoder.json": "6c7ea1a7e38e3a7f062df639a5b80947f075ffe6"}  # fmt: skip
+TIKTOKEN_NAMES = {remote.filename: remote.tiktoken_cache_key for remote in (GPT2_VOCAB, GPT2_ENCODER)}
 
 
 def web_config(workers: int) -> DataConfig:

@@ -20,17 +20,11 @@ from pathlib import Path
 import tiktoken
 
 from microgpt.tokenizer import Tokenizer
+from microgpt.tokenizer.pretrained import ALL_FILES
 from tokenizer_corpus import load_documents
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "tokenizers"
-TIKTOKEN_NAMES = {  # tiktoken's cache names (sha1 of the URL), from ../shared/data/README.md
-    "r50k_base.tiktoken": "0ea1e91bbb3a60f729a8dc8f777fd2fc07cd8df4",
-    "p50k_base.tiktoken": "ec7223a39ce59f226a68acc30dc1af2788490e15",
-    "cl100k_base.tiktoken": "9b5ad71b2ce5302211f9c61530b329a4922fc6a4",
-    "o200k_base.tiktoken": "fb374d419588a4632f3f557e76b4b70aebbca790",
-    "vocab.bpe": "6d1cbeee0f20b3d9449abfede4726ed8212e3aee",
-    "encoder.json": "6c7ea1a7e38e3a7f062df639a5b80947f075ffe6",
-}
+TIKTOKEN_NAMES = {remote.filename: remote.tiktoken_cache_key for remote in ALL_FILES}  # tiktoken cache names
 
 
 def encode_all(encode: Callable[[str], list[int]], docs: list[str]) -> list[list[int]]:

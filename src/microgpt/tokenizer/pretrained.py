@@ -11,6 +11,7 @@ into the folder is enough to work offline.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -44,6 +45,11 @@ class RemoteFile:
         """The upstream file name, used as the name in the cache."""
         return self.url.rsplit("/", 1)[-1]
 
+    @property
+    def tiktoken_cache_key(self) -> str:
+        """The name tiktoken stores this file under in its cache (sha1 of the URL), to share one offline copy."""
+        return hashlib.sha1(self.url.encode()).hexdigest()
+
 
 R50K = RemoteFile(
     f"{_BLOB}/encodings/r50k_base.tiktoken", "306cd27f03c1a714eca7108e03d66b7dc042abe8c258b44c199a7ed9838dd930"
@@ -63,6 +69,8 @@ GPT2_VOCAB = RemoteFile(
 GPT2_ENCODER = RemoteFile(
     f"{_BLOB}/gpt-2/encodings/main/encoder.json", "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783"
 )
+
+ALL_FILES = (R50K, P50K, CL100K, O200K, GPT2_VOCAB, GPT2_ENCODER)
 
 
 @dataclass(frozen=True)
