@@ -145,12 +145,16 @@ def gpt2_124m(args: argparse.Namespace) -> None:
     model = GPT(cfg)
     idx = torch.randint(0, cfg.vocab_size, (4, 256))
     targets = torch.randint(0, cfg.vocab_size, (4, 256))
-    result = time_steps({"gpt2-124m": make_step(model, idx, targets, hf=False)}, rounds=3, per_round=1, warmup=1)
-    seconds = result["gpt2-124m"]
-    print(f"GPT-2 124M shape ({model.num_params() / 1e6:.1f}M params), batch 4 x 256, fp32:")
-    flops = model.flops_per_token(seq_len=256) * 4 * 256 / seconds
-    speed = f"{seconds:.2f} s/step  {4 * 256 / seconds:.0f} tok/s  {flops / 1e9:.1f} GFLOP/s"
-    print(f"  microgpt {speed}  (nanoGPT here: 5.6 s/step)")
+    steps = {"microgpt": make_step(model, idx, targets, hf=False)}
+    if args.compile:
+        compiled = GPT(cfg)
+        compiled.compile(mode=args.compile)
+        steps[f"microgpt compiled ({args.compile})"] = make_step(compiled, idx, targets, hf=False)
+    result = time_steps(steps, rounds=3, per_round=1, warmup=1)
+    print(f"GPT-2 124M shape ({model.num_params() / 1e6:.1f}M params), batch 4 x 256, fp32 (nanoGPT here: 5.6 s/step):")
+    for name, seconds in result.items():
+        flops = model.flops_per_token(seq_len=256) * 4 * 256 / seconds
+        print(f"  {name:34s} {seconds:.2f} s/step  {4 * 256 / seconds:.0f} tok/s  {flops / 1e9:.1f} GFLOP/s")
 
 
 def ablations(args: argparse.Namespace) -> None:
