@@ -70,7 +70,7 @@ class TrainConfig(ConfigBase):
         Raises:
             ConfigError: When the global batch does not split evenly over the ranks.
         """
-        micro = self.micro_batch_size or self.batch_size // world_size
+        micro = self.micro_batch(world_size)
         if micro < 1 or self.batch_size % (micro * world_size) != 0:
             raise ConfigError(
                 f"train.batch_size={self.batch_size} does not split into {world_size} rank(s) × "
@@ -78,7 +78,6 @@ class TrainConfig(ConfigBase):
             )
         return self.batch_size // (micro * world_size)
 
-    @property
-    def micro_batch(self) -> int | None:
-        """The configured micro-batch (``None``: derived from the world size)."""
-        return self.micro_batch_size
+    def micro_batch(self, world_size: int) -> int:
+        """Sequences per rank per micro-step: ``micro_batch_size``, else the global batch split over the ranks."""
+        return self.micro_batch_size or self.batch_size // world_size

@@ -113,7 +113,8 @@ class Trainer(ABC):
         self.seed = seed
         self.dist = dist or DistInfo.from_env()
         self.device = pick_device(config.device, self.dist.local_rank)
-        self.grad_accum = config.grad_accum_steps(self.dist.world_size)
+        self.grad_accum = config.grad_accum_steps(self.dist.world_size)  # validates the batch split
+        self.micro_batch = config.micro_batch(self.dist.world_size)
         self.parent: str | None = None  # checkpoint id this run started from (fine-tuning sets it)
 
     # ---- hooks ------------------------------------------------------------------------------------------------
@@ -215,8 +216,7 @@ class Trainer(ABC):
             muon_momentum=cfg.muon_momentum,
             muon_weight_decay=cfg.muon_weight_decay,
         )
-        micro = cfg.micro_batch_size or cfg.batch_size // dist.world_size
-        loader = self.build_train_loader(micro)
+        loader = self.build_train_loader(self.micro_batch)
         step, tokens, best_val = 0, 0, math.inf
         last_val: tuple[float, float | None] | None = None
         if resume is not None:
@@ -239,7 +239,7 @@ class Trainer(ABC):
             dist.world_size,
             cfg.batch_size,
             self.grad_accum,
-            micro,
+            self.micro_batch,
             dist.world_size,
         )
         bar = tqdm(

@@ -178,11 +178,10 @@ class FinetuneTrainer(Trainer):
         """The stage-2 validation split, in order."""
         from microgpt.data.loader import TokenLoader
 
-        micro = self.config.micro_batch_size or max(self.config.batch_size // self.dist.world_size, 1)
         loader = TokenLoader(
             self.eval_dir,
             "val",
-            micro,
+            self.micro_batch,
             self.model_config.block_size,
             rank=self.dist.rank,
             world_size=self.dist.world_size,

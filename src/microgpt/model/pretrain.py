@@ -154,11 +154,10 @@ class PretrainTrainer(Trainer):
     def eval_batches(self, max_batches: int | None) -> Iterable[Batch]:
         """The validation split in order; this rank's share."""
         if self._val is None:
-            micro = self.config.micro_batch_size or self.config.batch_size // self.dist.world_size
             self._val = TokenLoader(
                 self.data_dir,
                 "val",
-                micro,
+                self.micro_batch,
                 self.run_config.model.block_size,
                 rank=self.dist.rank,
                 world_size=self.dist.world_size,

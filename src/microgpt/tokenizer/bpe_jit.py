@@ -60,22 +60,25 @@ class ChunkBPE:
         self.ranks = ranks
         self._table: tuple[Any, ...] | None = None
 
-    def _build(self, build_table: Any) -> tuple[Any, ...]:
-        tokens = list(self.ranks)
-        blob = np.frombuffer(b"".join(tokens), np.uint8)
-        offsets = np.zeros(len(tokens) + 1, np.int64)
-        offsets[1:] = np.cumsum(np.fromiter(map(len, tokens), np.int64, len(tokens)))
-        ranks = np.fromiter(self.ranks.values(), np.int64, len(tokens))
-        max_len = int(np.diff(offsets).max(initial=0))
-        return build_table(blob, offsets, ranks), blob, max_len
+    def _hash_table(self, build_table: Any) -> tuple[Any, ...]:
+        """The kernels' ``(slots, blob, max_len)`` arguments, built on first use and kept."""
+        if self._table is None:
+            tokens = list(self.ranks)
+            blob = np.frombuffer(b"".join(tokens), np.uint8)
+            offsets = np.zeros(len(tokens) + 1, np.int64)
+            offsets[1:] = np.cumsum(np.fromiter(map(len, tokens), np.int64, len(tokens)))
+            ranks = np.fromiter(self.ranks.values(), np.int64, len(tokens))
+            max_len = int(np.diff(offsets).max(initial=0))
+            self._table = build_table(blob, offsets, ranks), blob, max_len
+        return self._table
 
     def prepare(self) -> None:
         """Load the compiled kernel and build the hash table now (before forking workers, so they share both)."""
         kernels = _kernels()
         if kernels is not None and self._table is None:
-            self._table = self._build(kernels[0])
+            table = self._hash_table(kernels[0])
             data = np.frombuffer(b"", np.uint8)  # read-only like encode's: the same compiled signature
-            kernels[1](data, np.zeros(1, np.int64), *self._table)  # loads the machine code
+            kernels[1](data, np.zeros(1, np.int64), *table)  # loads the machine code
             kernels[2](data, 0, class_table())
 
     def encode(self, chunks: Sequence[str]) -> list[tuple[int, ...]]:
@@ -94,12 +97,10 @@ class ChunkBPE:
             ranks = self.ranks
             return [tuple(encode_chunk(piece, ranks)) for piece in pieces]
         build_table, encode_chunks, _ = kernels
-        if self._table is None:
-            self._table = self._build(build_table)
         starts = np.zeros(len(pieces) + 1, np.int64)
         starts[1:] = np.cumsum(np.fromiter(map(len, pieces), np.int64, len(pieces)))
         data = np.frombuffer(b"".join(pieces), np.uint8)
-        flat, counts = encode_chunks(data, starts, *self._table)
+        flat, counts = encode_chunks(data, starts, *self._hash_table(build_table))
         ids: tuple[int, ...] = tuple(flat.tolist())
         ends = list(accumulate(counts.tolist()))
         return [ids[a:b] for a, b in zip([0, *ends], ends, strict=False)]
@@ -113,9 +114,7 @@ class ChunkBPE:
         kernels = _kernels()
         assert kernels is not None, "encode_text needs the compiled kernels"
         build_table, encode_chunks, chunk_starts = kernels
-        if self._table is None:
-            self._table = self._build(build_table)
         data = np.frombuffer(text, np.uint8)
-        flat, _ = encode_chunks(data, chunk_starts(data, kind, class_table()), *self._table)
+        flat, _ = encode_chunks(data, chunk_starts(data, kind, class_table()), *self._hash_table(build_table))
         ids: list[int] = flat.tolist()
         return ids

@@ -93,23 +93,30 @@ def pattern_name(pattern: str) -> str | None:
     return None
 
 
+# Bits of the class table: the character classes the known patterns tell apart.
+LETTER = 1  # \p{L}
+NUMBER = 2  # \p{N}
+SPACE = 4  # \s
+UPPER = 8  # [\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}] (o200k)
+LOWER = 16  # [\p{Ll}\p{Lm}\p{Lo}\p{M}] (o200k)
+
+
 @functools.cache
 def class_table() -> np.ndarray:
     r"""One ``uint16`` per code point: the character classes the known patterns use, for the compiled splitter.
 
-    Bits (see :mod:`microgpt.tokenizer.split_kernels`): 1 ``\p{L}``, 2 ``\p{N}``, 4 ``\s``,
-    8 ``[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]``, 16 ``[\p{Ll}\p{Lm}\p{Lo}\p{M}]``; the high byte holds the ASCII
-    letter a code point equals under ``(?i)`` for the contraction letters (``s`` for ``ſ``). Built with the
-    ``regex`` package itself, so the classes are the patterns' own (~0.1 s, once per process).
+    The low byte holds the class bits above; the high byte the ASCII letter a code point equals under ``(?i)``
+    for the contraction letters (``s`` for ``ſ``). Built with the ``regex`` package itself, so the classes are
+    the patterns' own (~0.1 s, once per process).
     """
     every_code_point = np.arange(0x110000, dtype=np.uint32).tobytes().decode("utf-32-le", "surrogatepass")
     table = np.zeros(0x110000, np.uint16)
     classes = [
-        (1, r"\p{L}"),
-        (2, r"\p{N}"),
-        (4, r"\s"),
-        (8, r"[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]"),
-        (16, r"[\p{Ll}\p{Lm}\p{Lo}\p{M}]"),
+        (LETTER, r"\p{L}"),
+        (NUMBER, r"\p{N}"),
+        (SPACE, r"\s"),
+        (UPPER, r"[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]"),
+        (LOWER, r"[\p{Ll}\p{Lm}\p{Lo}\p{M}]"),
     ]
     for bit, char_class in classes:
         for run in regex.finditer(f"{char_class}+", every_code_point):  # code points of a class come in blocks

@@ -18,15 +18,7 @@ from typing import Any
 import numba
 import numpy as np
 
-from microgpt.tokenizer.patterns import PATTERN_KINDS
-
-# Bits of the class table (one uint16 per code point); the high byte holds the ASCII letter that the code
-# point equals under the patterns' (?i) (``s`` for ``ſ`` U+017F), for the contractions.
-LETTER = 1  # \p{L}
-NUMBER = 2  # \p{N}
-SPACE = 4  # \s
-UPPER = 8  # [\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}] (o200k)
-LOWER = 16  # [\p{Ll}\p{Lm}\p{Lo}\p{M}] (o200k)
+from microgpt.tokenizer.patterns import LETTER, LOWER, NUMBER, PATTERN_KINDS, SPACE, UPPER
 
 GPT2, GPT4, O200K = PATTERN_KINDS["gpt2"], PATTERN_KINDS["gpt4"], PATTERN_KINDS["o200k"]
 
@@ -70,6 +62,15 @@ def _other_run(table: Any, cps: Any, i: int, n: int) -> int:
     while _is_other(table, cps, i, n):
         i += 1
     return i
+
+
+@numba.njit(cache=True, inline="always")
+def _digits_end(table: Any, cps: Any, i: int, n: int) -> int:
+    r"""End of ``\p{N}{1,3}`` at ``i`` (a number): up to three, greedily."""
+    end = i + 1
+    while end < i + 3 and _is(table, cps, end, n, NUMBER):
+        end += 1
+    return end
 
 
 @numba.njit(cache=True, inline="always")
@@ -143,10 +144,7 @@ def _end_gpt4(table: Any, cps: Any, i: int, n: int) -> int:
     if not _is(table, cps, i, n, NUMBER) and not _is_newline(cps, i, n) and _is(table, cps, i + 1, n, LETTER):
         return _run(table, cps, i + 1, n, LETTER)
     if _is(table, cps, i, n, NUMBER):  # \p{N}{1,3}+
-        end = i + 1
-        while end < i + 3 and _is(table, cps, end, n, NUMBER):
-            end += 1
-        return end
+        return _digits_end(table, cps, i, n)
     start = i + 1 if cps[i] == _SP else i  # " ?[^\s\p{L}\p{N}]++[\r\n]*+"
     if _is_other(table, cps, start, n):
         end = _other_run(table, cps, start, n)
@@ -190,10 +188,7 @@ def _end_o200k(table: Any, cps: Any, i: int, n: int) -> int:
         if _is(table, cps, s, n, UPPER):
             return _o200k_suffix(table, cps, _run(table, cps, _run(table, cps, s, n, UPPER), n, LOWER), n)
     if _is(table, cps, i, n, NUMBER):  # \p{N}{1,3}
-        end = i + 1
-        while end < i + 3 and _is(table, cps, end, n, NUMBER):
-            end += 1
-        return end
+        return _digits_end(table, cps, i, n)
     start = i + 1 if cps[i] == _SP and _is_other(table, cps, i + 1, n) else i  # " ?[^\s\p{L}\p{N}]+[\r\n/]*"
     if _is_other(table, cps, start, n):
         end = _other_run(table, cps, start, n)
