@@ -1,4 +1,8 @@
-"""Causal self-attention: one fused QKV projection, optional QK-norm, RoPE, grouped-query attention, SDPA."""
+"""Causal self-attention: one fused QKV projection, optional QK-norm, RoPE, grouped-query attention.
+
+Attention itself is microgpt's native kernel for float32 on CPU at contexts up to 256 (RoPE applied inside it,
+:mod:`microgpt.model.native`), else ``F.scaled_dot_product_attention``.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ from torch import nn
 
 from microgpt.model.config import GPTConfig
 from microgpt.model.kv_cache import KVCache
+from microgpt.model.native import short_causal_attention, use_short_attention
 from microgpt.model.norm import Norm
 from microgpt.model.rope import apply_rope
 
@@ -17,6 +22,7 @@ class CausalSelfAttention(nn.Module):
 
     ``c_attn`` projects to all query heads, then the key heads, then the value heads in one matmul (GPT-2's
     fused layout; for Llama the adapter concatenates ``q_proj``, ``k_proj``, ``v_proj``). Attention itself is
+    the native short-context kernel where it applies (float32 on CPU, no KV cache, no attention dropout), else
     ``F.scaled_dot_product_attention`` with ``is_causal=True``: fused, never materialising a (T, T) mask.
     """
 
@@ -63,6 +69,14 @@ class CausalSelfAttention(nn.Module):
         qk, v = qkv.split([self.n_head + self.n_kv_head, self.n_kv_head], dim=2)  # (B, T, heads, head_dim)
         if self.qk_norm is not None:
             qk = self.qk_norm(qk)
+        dropout = self.dropout if self.training else 0.0
+        if kv_cache is None and use_short_attention(qkv, self.head_dim, dropout):
+            # Short contexts on CPU: the native kernel, RoPE included (microgpt.model.native).
+            if self.qk_norm is not None:
+                qkv = torch.cat((qk, v), dim=2)
+            y = short_causal_attention(qkv, rope, self.n_head, self.n_kv_head)  # (B, T, n_head · head_dim)
+            short: torch.Tensor = self.resid_dropout(self.c_proj(y))
+            return short
         if rope is not None:
             # Queries and keys rotate together: one kernel sequence over both instead of two.
             qk = apply_rope(qk, *rope)
@@ -85,7 +99,7 @@ class CausalSelfAttention(nn.Module):
             v,
             attn_mask=mask,
             is_causal=is_causal,
-            dropout_p=self.dropout if self.training else 0.0,
+            dropout_p=dropout,
             enable_gqa=self.n_kv_head != self.n_head,
         )  # (B, n_head, T, head_dim)
         y = y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim)

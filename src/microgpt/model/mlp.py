@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from microgpt.model.config import GPTConfig
+from microgpt.model.native import native_swiglu, use_native_swiglu
 
 
 class _SwiGLUFunction(torch.autograd.Function):
@@ -38,7 +39,13 @@ class _SwiGLUFunction(torch.autograd.Function):
 
 
 def swiglu(h: torch.Tensor) -> torch.Tensor:
-    """SwiGLU of ``h`` (..., 2·hidden), gate first: (..., hidden); plain ops under ``torch.compile`` (fused there)."""
+    """SwiGLU of ``h`` (..., 2·hidden), gate first: (..., hidden).
+
+    Float32 on CPU goes through microgpt's native kernel (one pass each way, eager or compiled); otherwise plain
+    ops under ``torch.compile`` (fused there) and the hand-written autograd function in eager mode.
+    """
+    if use_native_swiglu(h):
+        return native_swiglu(h)
     if torch.compiler.is_compiling():
         gate, up = h.chunk(2, dim=-1)
         return F.silu(gate) * up

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from microgpt.model.config import NormKind
+from microgpt.model.native import native_rms_norm, use_native_rms_norm
 
 
 class _RMSNormFunction(torch.autograd.Function):
@@ -47,6 +48,8 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     Under ``torch.compile`` this is ``F.rms_norm``: inductor fuses its forward and backward into one loop each,
     which beats the hand-written backward (benchmarks/README.md, "Model step").
     """
+    if use_native_rms_norm(x, weight) and not torch.compiler.is_compiling():
+        return native_rms_norm(x, weight, eps)
     if torch.compiler.is_compiling():
         return F.rms_norm(x, (x.size(-1),), weight, eps)
     out: torch.Tensor = _RMSNormFunction.apply(x, weight, eps)  # type: ignore[no-untyped-call]  # untyped in torch

@@ -1,0 +1,353 @@
+"""microgpt's native CPU kernels (``kernels/native.c``): short-context causal attention with RoPE, and SwiGLU.
+
+Both are float32, forward and backward, and where they apply they replace several torch kernels each (the
+measurements are in benchmarks/README.md, "Model step"). The C file is compiled at first use with the system C
+compiler (``$CC``, else ``cc``) into ``<cache>/kernels/native-<key>.so`` (cache: ``$MICROGPT_CACHE_DIR`` or
+``~/.cache/microgpt``), the key hashing the source, the flags, the compiler and this CPU, and loaded with
+:mod:`ctypes`. Nothing is needed beyond a C compiler with OpenMP (gcc; clang with libomp), which
+``torch.compile`` on CPU needs too. When there is none, or ``MICROGPT_NATIVE=0``, :func:`library` returns
+``None`` and the model uses torch's ops instead (``F.scaled_dot_product_attention``, ``F.silu``): same results,
+slower.
+
+Each kernel is also a torch operator (``torch.ops.microgpt.*``), so ``torch.compile`` calls it as one opaque
+node with known output shapes, and autograd knows its backward.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from microgpt.common.aio import default_cache_dir
+
+log = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).parent / "kernels" / "native.c"
+FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c11"]
+BLOCK = 16  # the kernel pads T to a multiple of this (its NR); head_dim must be a multiple of it too
+# Longest context that takes the kernel (its probabilities grow with T²; measured against SDPA, benchmarks/README).
+MAX_SHORT_CONTEXT = 256
+
+
+def _cpu_key() -> str:
+    """What the ``-march=native`` build depends on: the CPU model and its feature flags."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return platform.processor() or platform.machine()
+    wanted = [line for line in lines if line.startswith(("model name", "flags", "Features"))]
+    return "\n".join(dict.fromkeys(wanted))  # first occurrence of each line, in order
+
+
+def _build(compiler: str) -> Path:
+    """Compile the kernel (once per source, flags, compiler and CPU) and return the shared library's path."""
+    version = subprocess.run([compiler, "--version"], capture_output=True, text=True, check=True).stdout
+    key_text = "\n".join([SOURCE.read_text(), " ".join(FLAGS), version, _cpu_key()])
+    key = hashlib.sha256(key_text.encode()).hexdigest()[:16]
+    target = default_cache_dir() / "kernels" / f"native-{key}.so"
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # Build under a temporary name and rename: a crash or a concurrent rank never leaves a half-written library.
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    try:
+        command = [compiler, *FLAGS, str(SOURCE), "-o", tmp_name, "-lm"]
+        subprocess.run(command, capture_output=True, text=True, check=True)
+        os.replace(tmp_name, target)
+    finally:
+        Path(tmp_name).unlink(missing_ok=True)
+    return target
+
+
+@functools.cache
+def library() -> ctypes.CDLL | None:
+    """The loaded kernel library, building it on first call; ``None`` when it cannot be built or is turned off."""
+    if os.environ.get("MICROGPT_NATIVE", "1") == "0":
+        return None
+    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        log.warning("no C compiler found: the model uses torch's SDPA and SiLU (slower on CPU)")
+        return None
+    try:
+        lib = ctypes.CDLL(str(_build(compiler)))
+    except (OSError, subprocess.CalledProcessError) as error:
+        detail = getattr(error, "stderr", "") or str(error)
+        log.warning("could not build the native kernels, using torch's SDPA and SiLU: %s", detail.strip()[:500])
+        return None
+    i64, ptr, f32, i32 = ctypes.c_int64, ctypes.c_void_p, ctypes.c_float, ctypes.c_int
+    signatures = {
+        "short_attention_forward": [ptr, i64, i64, ptr, ptr, ptr, ptr, i64, i64, i64, i64, i64, f32, i32],
+        "short_attention_backward": [ptr, ptr, i64, i64, ptr, ptr, ptr, ptr, i64, i64, i64, i64, i64, f32, i32],
+        "swiglu_forward": [ptr, ptr, i64, i64, i32],
+        "swiglu_backward": [ptr, ptr, ptr, i64, i64, i32],
+        "rms_norm_forward": [ptr, ptr, ptr, ptr, i64, i64, f32, i32],
+        "rms_norm_backward": [ptr, ptr, ptr, ptr, ptr, ptr, i64, i64, i32],
+    }
+    for name, argtypes in signatures.items():
+        function = getattr(lib, name)
+        function.argtypes, function.restype = argtypes, None
+    return lib
+
+
+def padded(seq_len: int) -> int:
+    """The attention kernel's padded context: ``seq_len`` rounded up to a multiple of 16."""
+    return -(-seq_len // BLOCK) * BLOCK
+
+
+def _kernels() -> ctypes.CDLL:
+    lib = library()
+    assert lib is not None, "the native kernels are not available (see microgpt.model.native.library)"
+    return lib
+
+
+def _pointer(tensor: torch.Tensor | None) -> int | None:
+    return None if tensor is None else tensor.data_ptr()
+
+
+@torch.compiler.assume_constant_result  # type: ignore[untyped-decorator]  # untyped in torch
+def native_available() -> bool:
+    """Whether the kernels are built and loaded (a constant to torch.compile, which cannot trace the build)."""
+    return library() is not None
+
+
+# ---- Attention ----
+
+
+@torch.library.custom_op("microgpt::short_attention", mutates_args=())
+def short_attention_op(
+    qkv: torch.Tensor, cos: torch.Tensor | None, sin: torch.Tensor | None, n_head: int, n_kv_head: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Causal attention of ``qkv`` (B, T, n_head + 2·n_kv_head, D) → ``y`` (B, T, n_head·D) and probabilities.
+
+    ``cos``/``sin`` are (T, D) contiguous RoPE tables or ``None``; the probabilities (B, n_head, Tp, Tp), Tp =
+    :func:`padded`, are what the backward needs.
+    """
+    B, T, _, D = qkv.shape
+    y = qkv.new_empty(B, T, n_head * D)
+    probs = qkv.new_empty(B, n_head, padded(T), padded(T))
+    _kernels().short_attention_forward(
+        qkv.data_ptr(), qkv.stride(0), qkv.stride(1), _pointer(cos), _pointer(sin), y.data_ptr(), probs.data_ptr(),
+        B, T, n_head, n_kv_head, D, D**-0.5, torch.get_num_threads(),
+    )  # fmt: skip
+    return y, probs
+
+
+@short_attention_op.register_fake
+def _(
+    qkv: torch.Tensor, cos: torch.Tensor | None, sin: torch.Tensor | None, n_head: int, n_kv_head: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    B, T, _, D = qkv.shape
+    return qkv.new_empty(B, T, n_head * D), qkv.new_empty(B, n_head, padded(T), padded(T))
+
+
+@torch.library.custom_op("microgpt::short_attention_backward", mutates_args=())
+def short_attention_backward_op(  # noqa: PLR0913  # the forward's inputs, its probabilities and the gradient
+    grad_y: torch.Tensor,
+    qkv: torch.Tensor,
+    cos: torch.Tensor | None,
+    sin: torch.Tensor | None,
+    probs: torch.Tensor,
+    n_head: int,
+    n_kv_head: int,
+) -> torch.Tensor:
+    """The gradient of ``qkv`` (B, T, n_head + 2·n_kv_head, D), contiguous, from ``grad_y`` (B, T, n_head·D)."""
+    B, T, _, D = qkv.shape
+    grad_y = grad_y.contiguous()
+    grad_qkv = qkv.new_empty(qkv.shape)
+    _kernels().short_attention_backward(
+        grad_y.data_ptr(), qkv.data_ptr(), qkv.stride(0), qkv.stride(1), _pointer(cos), _pointer(sin),
+        probs.data_ptr(), grad_qkv.data_ptr(), B, T, n_head, n_kv_head, D, D**-0.5, torch.get_num_threads(),
+    )  # fmt: skip
+    return grad_qkv
+
+
+@short_attention_backward_op.register_fake
+def _(  # noqa: PLR0913
+    grad_y: torch.Tensor,
+    qkv: torch.Tensor,
+    cos: torch.Tensor | None,
+    sin: torch.Tensor | None,
+    probs: torch.Tensor,
+    n_head: int,
+    n_kv_head: int,
+) -> torch.Tensor:
+    return qkv.new_empty(qkv.shape)
+
+
+def _attention_setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[torch.Tensor, torch.Tensor]) -> None:
+    qkv, cos, sin, n_head, n_kv_head = inputs
+    ctx.set_materialize_grads(False)  # the probabilities get no gradient: no zero-filled tensor for it
+    ctx.save_for_backward(qkv, cos, sin, output[1])
+    ctx.heads = (n_head, n_kv_head)
+
+
+def _attention_backward(ctx: Any, grad_y: torch.Tensor, _: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
+    qkv, cos, sin, probs = ctx.saved_tensors
+    return short_attention_backward_op(grad_y, qkv, cos, sin, probs, *ctx.heads), None, None, None, None
+
+
+short_attention_op.register_autograd(_attention_backward, setup_context=_attention_setup_context)
+
+
+def use_short_attention(qkv: torch.Tensor, head_dim: int, dropout: float) -> bool:
+    """Whether :func:`short_causal_attention` applies (and measured faster than SDPA) for this call."""
+    return (
+        qkv.device.type == "cpu"
+        and qkv.dtype == torch.float32
+        and qkv.size(1) <= MAX_SHORT_CONTEXT
+        and head_dim % BLOCK == 0
+        and dropout == 0.0
+        and native_available()
+    )
+
+
+def short_causal_attention(
+    qkv: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None, n_head: int, n_kv_head: int
+) -> torch.Tensor:
+    """Causal attention through the native kernel: ``qkv`` (B, T, n_head + 2·n_kv_head, D) → (B, T, n_head·D).
+
+    Args:
+        qkv: Queries, keys and values, un-rotated (the kernel applies RoPE); any batch and time strides.
+        rope: ``(cos, sin)`` each (T, 1, D), or ``None`` for no rotation.
+        n_head: Query heads.
+        n_kv_head: Key/value heads (divides ``n_head``).
+    """
+    B, T, _, D = qkv.shape
+    if qkv.stride(3) != 1 or qkv.stride(2) != D:
+        qkv = qkv.contiguous()
+    cos, sin = (None, None) if rope is None else (rope[0].reshape(T, D), rope[1].reshape(T, D))
+    y: torch.Tensor = short_attention_op(qkv, cos, sin, n_head, n_kv_head)[0]  # (ops return Any to mypy)
+    return y
+
+
+# ---- SwiGLU ----
+
+
+@torch.library.custom_op("microgpt::swiglu", mutates_args=())
+def swiglu_op(h: torch.Tensor) -> torch.Tensor:
+    """``silu(gate) · up`` of ``h`` = [gate, up] (N, 2·H), contiguous → (N, H)."""
+    rows, hidden = h.size(0), h.size(1) // 2
+    out = h.new_empty(rows, hidden)
+    _kernels().swiglu_forward(h.data_ptr(), out.data_ptr(), rows, hidden, torch.get_num_threads())
+    return out
+
+
+@swiglu_op.register_fake
+def _(h: torch.Tensor) -> torch.Tensor:
+    return h.new_empty(h.size(0), h.size(1) // 2)
+
+
+@torch.library.custom_op("microgpt::swiglu_backward", mutates_args=())
+def swiglu_backward_op(grad: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """The gradient of ``h`` (N, 2·H) from ``grad`` (N, H); the sigmoid is recomputed, not saved."""
+    grad = grad.contiguous()
+    grad_h = torch.empty_like(h)
+    _kernels().swiglu_backward(grad.data_ptr(), h.data_ptr(), grad_h.data_ptr(), h.size(0), h.size(1) // 2,
+                               torch.get_num_threads())  # fmt: skip
+    return grad_h
+
+
+@swiglu_backward_op.register_fake
+def _(grad: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    return torch.empty_like(h)
+
+
+def _swiglu_setup_context(ctx: Any, inputs: tuple[torch.Tensor], output: torch.Tensor) -> None:
+    ctx.save_for_backward(inputs[0])
+
+
+def _swiglu_backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+    (h,) = ctx.saved_tensors
+    grad_h: torch.Tensor = swiglu_backward_op(grad, h)
+    return grad_h
+
+
+swiglu_op.register_autograd(_swiglu_backward, setup_context=_swiglu_setup_context)
+
+
+def use_native_swiglu(h: torch.Tensor) -> bool:
+    """Whether :func:`native_swiglu` applies: float32 on CPU, kernels built."""
+    return h.device.type == "cpu" and h.dtype == torch.float32 and native_available()
+
+
+def native_swiglu(h: torch.Tensor) -> torch.Tensor:
+    """SwiGLU of ``h`` (..., 2·hidden), gate first → (..., hidden), through the native kernel."""
+    out: torch.Tensor = swiglu_op(h.reshape(-1, h.size(-1)).contiguous())
+    return out.view(*h.shape[:-1], h.size(-1) // 2)
+
+
+# ---- RMSNorm ----
+
+
+@torch.library.custom_op("microgpt::rms_norm", mutates_args=())
+def rms_norm_op(x: torch.Tensor, weight: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """RMSNorm of the rows of ``x`` (N, C), contiguous → ``y`` (N, C) and each row's ``1/rms`` (N,)."""
+    rows, width = x.shape
+    y, rstd = torch.empty_like(x), x.new_empty(rows)
+    _kernels().rms_norm_forward(x.data_ptr(), weight.data_ptr(), y.data_ptr(), rstd.data_ptr(), rows, width, eps,
+                                torch.get_num_threads())  # fmt: skip
+    return y, rstd
+
+
+@rms_norm_op.register_fake
+def _(x: torch.Tensor, weight: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.empty_like(x), x.new_empty(x.size(0))
+
+
+@torch.library.custom_op("microgpt::rms_norm_backward", mutates_args=())
+def rms_norm_backward_op(
+    grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, rstd: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gradients of ``x`` (N, C) and ``weight`` (C,) from ``grad`` (N, C)."""
+    grad = grad.contiguous()
+    grad_x, grad_w = torch.empty_like(x), torch.empty_like(weight)
+    _kernels().rms_norm_backward(
+        grad.data_ptr(), x.data_ptr(), weight.data_ptr(), rstd.data_ptr(), grad_x.data_ptr(), grad_w.data_ptr(),
+        x.size(0), x.size(1), torch.get_num_threads(),
+    )  # fmt: skip
+    return grad_x, grad_w
+
+
+@rms_norm_backward_op.register_fake
+def _(
+    grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, rstd: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.empty_like(x), torch.empty_like(weight)
+
+
+def _rms_norm_setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[torch.Tensor, torch.Tensor]) -> None:
+    x, weight, _ = inputs
+    ctx.set_materialize_grads(False)  # 1/rms gets no gradient: no zero-filled tensor for it
+    ctx.save_for_backward(x, weight, output[1])
+
+
+def _rms_norm_backward(ctx: Any, grad: torch.Tensor, _: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, None]:
+    x, weight, rstd = ctx.saved_tensors
+    grad_x, grad_w = rms_norm_backward_op(grad, x, weight, rstd)
+    return grad_x, grad_w, None
+
+
+rms_norm_op.register_autograd(_rms_norm_backward, setup_context=_rms_norm_setup_context)
+
+
+def use_native_rms_norm(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether :func:`native_rms_norm` applies: float32 input and weight on CPU, kernels built."""
+    return x.device.type == "cpu" and x.dtype == torch.float32 and weight.dtype == torch.float32 and native_available()
+
+
+def native_rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """RMSNorm of ``x`` (..., C) over its last dimension, scaled by ``weight`` (C,), through the native kernel."""
+    y: torch.Tensor = rms_norm_op(x.reshape(-1, x.size(-1)).contiguous(), weight.contiguous(), eps)[0]
+    return y.view(x.shape)
