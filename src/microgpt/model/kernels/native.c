@@ -185,7 +185,6 @@ void short_attention_forward(const float *qkv, int64_t stride_b, int64_t stride_
             for (int64_t h = hk * group; h < (hk + 1) * group; h++) {
                 float *P = probs + (b * n_head + h) * Tp * Tp;
                 load_head(Q, base + h * D, stride_t, cos, sin, T, Tp, D, scale, 1);
-                for (int64_t i = 0; i < Tp * Tp; i += Tp) memset(P + i, 0, sizeof(float) * (size_t)Tp);
                 gemm(P, Tp, Q, D, Kt, Tp, Tp, Tp, D, K_ALL, 1, 0, 0);  // scores, blocks right of the diagonal skipped
                 causal_softmax(P, T, Tp);
                 gemm(Q, D, P, Tp, V, D, Tp, D, Tp, K_UP_TO_ROW, 0, 0, 0);  // Y = P·V, into Q's buffer
