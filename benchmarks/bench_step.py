@@ -8,6 +8,7 @@ interleaved in rounds so a neighbouring process slows each equally. Prints ms pe
     .venv/bin/python benchmarks/bench_step.py --compile       # also microgpt and HF Llama, both torch.compile'd
     .venv/bin/python benchmarks/bench_step.py --isolated 3 --compile   # each model in a process of its own
     .venv/bin/python benchmarks/bench_step.py --ablations [--compile]   # one option changed at a time
+    .venv/bin/python benchmarks/bench_step.py --attention     # native attention kernel vs SDPA + RoPE by context
 """
 
 from __future__ import annotations
@@ -25,8 +26,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from microgpt.model import native
 from microgpt.model.config import GPTConfig
 from microgpt.model.gpt import GPT
+from microgpt.model.rope import apply_rope, rope_tables
 
 # transformers reads attn_implementation from config kwargs; its stubs do not list it.
 SDPA: dict[str, Any] = {"attn_implementation": "sdpa"}
@@ -214,6 +217,64 @@ def gpt2_124m(args: argparse.Namespace) -> None:
         print(f"  {name:34s} {seconds:.2f} s/step  {4 * 256 / seconds:.0f} tok/s  {flops / 1e9:.1f} GFLOP/s")
 
 
+def without_native(step: Callable[[], float]) -> Callable[[], float]:
+    """``step`` with microgpt's native kernels switched off (SDPA, ``F.silu``, the hand-written norm instead)."""
+
+    def step_with_torch_ops() -> float:
+        available = native.native_available
+        native.native_available = lambda: False  # what every use_* check asks
+        try:
+            return step()
+        finally:
+            native.native_available = available
+
+    return step_with_torch_ops
+
+
+def sdpa_with_rope(qkv: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], heads: int) -> torch.Tensor:
+    """The torch path the native attention kernel replaces: RoPE on queries and keys, then causal SDPA."""
+    B, T, _, D = qkv.shape
+    q, k = apply_rope(qkv[:, :, : 2 * heads], *rope).split(heads, dim=2)
+    v = qkv[:, :, 2 * heads :]
+    y = torch.nn.functional.scaled_dot_product_attention(
+        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True
+    )
+    return y.transpose(1, 2).reshape(B, T, heads * D)
+
+
+def attention_steps(batch: int, heads: int, head_dim: int, context: int) -> dict[str, Callable[[], float]]:
+    """Forward + backward of attention with RoPE at one shape: the native kernel and SDPA + RoPE."""
+    torch.manual_seed(0)
+    qkv = torch.randn(batch, context, 3 * heads, head_dim)
+    cos, sin = rope_tables(context, head_dim, 10000.0)
+    rope = (cos[:, None], sin[:, None])
+    grad = torch.randn(batch, context, heads * head_dim)
+    ours_in, theirs_in = qkv.clone().requires_grad_(), qkv.clone().requires_grad_()
+
+    def ours() -> float:
+        native.short_causal_attention(ours_in, rope, heads, heads).backward(grad)
+        return 0.0
+
+    def theirs() -> float:
+        sdpa_with_rope(theirs_in, rope, heads).backward(grad)
+        return 0.0
+
+    return {"native": ours, "sdpa": theirs}
+
+
+def attention_by_context(args: argparse.Namespace) -> None:
+    """Forward + backward of causal attention with RoPE: the native kernel against SDPA + RoPE, by shape."""
+    print("batch x heads x head_dim, context: native kernel vs SDPA + RoPE, forward + backward, best of 5 rounds")
+    shapes = [(12, 4, 32, 64), (12, 4, 32, 128), (12, 4, 32, 256), (4, 12, 64, 128), (4, 12, 64, 256)]
+    for batch, heads, head_dim, context in shapes:
+        per_round = max(3, 2000 // (batch * context))
+        best = time_steps(attention_steps(batch, heads, head_dim, context), rounds=5, per_round=per_round, warmup=3)
+        print(
+            f"  {batch}x{heads}x{head_dim}, {context:4d}: native {best['native'] * 1e3:7.2f} ms  "
+            f"SDPA + RoPE {best['sdpa'] * 1e3:7.2f} ms  ({best['sdpa'] / best['native']:.2f}x)"
+        )
+
+
 def ablations(args: argparse.Namespace) -> None:
     """Step time of one option changed at a time, from the Llama-shaped base (same run, interleaved)."""
     base: dict[str, Any] = {
@@ -235,6 +296,10 @@ def ablations(args: argparse.Namespace) -> None:
     for name, change in changes.items():
         torch.manual_seed(0)
         steps[name] = make_step(GPT(GPTConfig.model_validate(base | change)), idx, targets, hf=False)
+    torch.manual_seed(0)
+    steps["no native kernels (torch ops)"] = without_native(
+        make_step(GPT(GPTConfig.model_validate(base)), idx, targets, hf=False)
+    )
     if args.compile:
         torch.manual_seed(0)
         compiled = GPT(GPTConfig.model_validate(base))
@@ -258,6 +323,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3, help="steps per round")
     parser.add_argument("--gpt2-124m", action="store_true", help="also time a GPT-2-124M-shaped step")
     parser.add_argument("--ablations", action="store_true", help="time one-option changes instead of the peers")
+    parser.add_argument("--attention", action="store_true", help="native attention kernel vs SDPA by context")
     parser.add_argument(
         "--compile",
         nargs="?",
@@ -283,6 +349,9 @@ def main() -> None:
         return
     if args.ablations:
         ablations(args)
+        return
+    if args.attention:
+        attention_by_context(args)
         return
     small_shape(args)
     if args.gpt2_124m:
