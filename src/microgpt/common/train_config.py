@@ -47,7 +47,7 @@ class TrainConfig(ConfigBase):
     precision: Precision = Field("auto", description="auto (bf16 on capable GPUs, fp32 on CPU), fp32, bf16, fp16.")
     compile: bool | None = Field(
         None,
-        description="torch.compile the model; default on for CUDA, off on CPU (measured there: 10-15% faster steps "
+        description="torch.compile the model; default on for CUDA, off on CPU (measured there: 5-15% faster steps "
         "but 15-20 s to compile per process, more than a short CPU run saves).",
     )
     threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's choice).")
