@@ -178,9 +178,10 @@ def test_estimate_mfu() -> None:
 
 
 @pytest.mark.slow
-def test_compiled_step_matches_eager() -> None:
+@pytest.mark.parametrize("n_embd", [32, 64])  # head dim 8: SDPA and plain ops; 16: the native attention kernel
+def test_compiled_step_matches_eager(n_embd: int) -> None:
     """torch.compile (inductor, CPU) traces the model as one graph and gives eager's loss and gradients."""
-    config = tiny(mlp="swiglu", qk_norm=True)
+    config = tiny(mlp="swiglu", qk_norm=True, n_embd=n_embd)
     torch.manual_seed(0)
     eager = GPT(config)
     compiled = GPT(config)

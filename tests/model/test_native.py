@@ -19,11 +19,17 @@ needs_kernel = pytest.mark.skipif(native.library() is None, reason="no C compile
 
 
 def reference_attention(
-    qkv: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None, n_head: int, n_kv_head: int
+    qkv: torch.Tensor,
+    rope: tuple[torch.Tensor, torch.Tensor] | None,
+    n_head: int,
+    n_kv_head: int,
+    qk_norm: tuple[torch.Tensor, float] | None = None,
 ) -> torch.Tensor:
-    """What the kernel computes, from torch ops: RoPE on queries and keys, then causal SDPA."""
+    """What the kernel computes, from torch ops: QK-norm and RoPE on queries and keys, then causal SDPA."""
     B, T, _, D = qkv.shape
     qk, v = qkv.split([n_head + n_kv_head, n_kv_head], dim=2)
+    if qk_norm is not None:
+        qk = F.rms_norm(qk, (D,), qk_norm[0], qk_norm[1])
     if rope is not None:
         qk = apply_rope(qk, *rope)
     q, k = qk.split([n_head, n_kv_head], dim=2)
@@ -35,37 +41,45 @@ def reference_attention(
 
 @needs_kernel
 @pytest.mark.parametrize(
-    ("batch", "seq_len", "n_head", "n_kv_head", "head_dim", "with_rope"),
+    ("batch", "seq_len", "n_head", "n_kv_head", "head_dim", "with_rope", "with_norm"),
     [
-        (3, 64, 4, 4, 32, True),  # the benchmark's shape
-        (2, 50, 4, 2, 16, True),  # context not a multiple of 16, grouped-query attention
-        (2, 1, 2, 1, 64, True),  # one token
-        (1, 37, 3, 3, 32, False),  # learned positions: no rotation
-        (2, 256, 2, 2, 64, True),  # the longest context that takes the kernel
+        (3, 64, 4, 4, 32, True, False),  # the benchmark's shape
+        (2, 50, 4, 2, 16, True, False),  # context not a multiple of 16, grouped-query attention
+        (2, 1, 2, 1, 64, True, False),  # one token
+        (1, 37, 3, 3, 32, False, False),  # learned positions: no rotation
+        (2, 256, 2, 2, 64, True, False),  # the longest context that takes the kernel
+        (2, 45, 4, 2, 32, True, True),  # QK-norm inside the kernel, with GQA
+        (1, 20, 2, 2, 16, False, True),  # QK-norm without rotation
     ],
 )
 def test_kernel_matches_sdpa_forward_and_backward(  # noqa: PLR0913  # one argument per shape parameter
-    batch: int, seq_len: int, n_head: int, n_kv_head: int, head_dim: int, with_rope: bool
+    batch: int, seq_len: int, n_head: int, n_kv_head: int, head_dim: int, with_rope: bool, with_norm: bool
 ) -> None:
     torch.manual_seed(0)
     qkv = torch.randn(batch, seq_len, n_head + 2 * n_kv_head, head_dim, dtype=torch.float64)
     cos, sin = rope_tables(seq_len, head_dim, 10000.0)
     rope64 = (cos[:, None].double(), sin[:, None].double()) if with_rope else None
     rope32 = (cos[:, None], sin[:, None]) if with_rope else None
+    weight = 1.0 + 0.5 * torch.randn(head_dim, dtype=torch.float64)
     grad_y = torch.randn(batch, seq_len, n_head * head_dim, dtype=torch.float64)
 
-    expected_in = qkv.clone().requires_grad_()
-    expected = reference_attention(expected_in, rope64, n_head, n_kv_head)
+    expected_in, expected_w = qkv.clone().requires_grad_(), weight.clone().requires_grad_()
+    expected = reference_attention(expected_in, rope64, n_head, n_kv_head, (expected_w, 1e-6) if with_norm else None)
     expected.backward(grad_y)
-    got_in = qkv.float().requires_grad_()
+    got_in, got_w = qkv.float().requires_grad_(), weight.float().requires_grad_()
     assert native.use_short_attention(got_in, head_dim, dropout=0.0)
-    got = native.short_causal_attention(got_in, rope32, n_head, n_kv_head)
+    got = native.short_causal_attention(got_in, rope32, n_head, n_kv_head, (got_w, 1e-6) if with_norm else None)
     got.backward(grad_y.float())
 
     assert got.shape == expected.shape
     torch.testing.assert_close(got.double(), expected, atol=2e-6, rtol=1e-5)
     assert got_in.grad is not None and expected_in.grad is not None
     torch.testing.assert_close(got_in.grad.double(), expected_in.grad, atol=1e-5, rtol=1e-5)
+    if with_norm:
+        assert got_w.grad is not None and expected_w.grad is not None
+        torch.testing.assert_close(got_w.grad.double(), expected_w.grad, atol=1e-4, rtol=1e-5)
+    else:
+        assert got_w.grad is None
 
 
 @needs_kernel
@@ -122,9 +136,12 @@ def test_operator_registrations_pass_opcheck() -> None:
     torch.manual_seed(0)
     qkv = torch.randn(2, 24, 6, 16)
     cos, sin = rope_tables(24, 16, 10000.0)
-    y, probs = native.short_attention_op(qkv, cos, sin, 2, 2)
-    torch.library.opcheck(native.short_attention_op, (qkv, cos, sin, 2, 2))
-    torch.library.opcheck(native.short_attention_backward_op, (torch.randn_like(y), qkv, cos, sin, probs, 2, 2))
+    weight = torch.randn(16)
+    y, probs = native.short_attention_op(qkv, cos, sin, weight, 1e-6, 2, 2)
+    torch.library.opcheck(native.short_attention_op, (qkv, cos, sin, weight, 1e-6, 2, 2))
+    torch.library.opcheck(native.short_attention_op, (qkv, None, None, None, 0.0, 2, 2))
+    backward_args = (torch.randn_like(y), qkv, cos, sin, weight, 1e-6, probs, 2, 2)
+    torch.library.opcheck(native.short_attention_backward_op, backward_args)
     h = torch.randn(10, 26)
     torch.library.opcheck(native.swiglu_op, (h,))
     torch.library.opcheck(native.swiglu_backward_op, (torch.randn(10, 13), h))

@@ -66,17 +66,16 @@ class CausalSelfAttention(nn.Module):
         """
         B, T, C = x.size()
         qkv = self.c_attn(x).view(B, T, self.n_head + 2 * self.n_kv_head, self.head_dim)
+        dropout = self.dropout if self.training else 0.0
+        if kv_cache is None and use_short_attention(qkv, self.head_dim, dropout):
+            # Short contexts on CPU: the native kernel, QK-norm and RoPE included (microgpt.model.native).
+            qk_norm = None if self.qk_norm is None else (self.qk_norm.weight, self.qk_norm.eps)
+            y = short_causal_attention(qkv, rope, self.n_head, self.n_kv_head, qk_norm)  # (B, T, n_head · head_dim)
+            short: torch.Tensor = self.resid_dropout(self.c_proj(y))
+            return short
         qk, v = qkv.split([self.n_head + self.n_kv_head, self.n_kv_head], dim=2)  # (B, T, heads, head_dim)
         if self.qk_norm is not None:
             qk = self.qk_norm(qk)
-        dropout = self.dropout if self.training else 0.0
-        if kv_cache is None and use_short_attention(qkv, self.head_dim, dropout):
-            # Short contexts on CPU: the native kernel, RoPE included (microgpt.model.native).
-            if self.qk_norm is not None:
-                qkv = torch.cat((qk, v), dim=2)
-            y = short_causal_attention(qkv, rope, self.n_head, self.n_kv_head)  # (B, T, n_head · head_dim)
-            short: torch.Tensor = self.resid_dropout(self.c_proj(y))
-            return short
         if rope is not None:
             # Queries and keys rotate together: one kernel sequence over both instead of two.
             qk = apply_rope(qk, *rope)

@@ -90,8 +90,9 @@ def library() -> ctypes.CDLL | None:
         return None
     i64, ptr, f32, i32 = ctypes.c_int64, ctypes.c_void_p, ctypes.c_float, ctypes.c_int
     signatures = {
-        "short_attention_forward": [ptr, i64, i64, ptr, ptr, ptr, ptr, i64, i64, i64, i64, i64, f32, i32],
-        "short_attention_backward": [ptr, ptr, i64, i64, ptr, ptr, ptr, ptr, i64, i64, i64, i64, i64, f32, i32],
+        "short_attention_forward": [ptr, i64, i64, ptr, ptr, ptr, f32, ptr, ptr, i64, i64, i64, i64, i64, f32, i32],
+        "short_attention_backward": [ptr, ptr, i64, i64, ptr, ptr, ptr, f32, ptr, ptr, ptr]
+        + [i64, i64, i64, i64, i64, f32, i32],
         "swiglu_forward": [ptr, ptr, i64, i64, i32],
         "swiglu_backward": [ptr, ptr, ptr, i64, i64, i32],
         "rms_norm_forward": [ptr, ptr, ptr, ptr, i64, i64, f32, i32],
@@ -127,15 +128,21 @@ def native_available() -> bool:
 # ---- Attention ----
 
 
-def _attention_forward(
-    qkv: torch.Tensor, cos: torch.Tensor | None, sin: torch.Tensor | None, n_head: int, n_kv_head: int
+def _attention_forward(  # noqa: PLR0913  # the kernel's inputs
+    qkv: torch.Tensor,
+    cos: torch.Tensor | None,
+    sin: torch.Tensor | None,
+    norm_weight: torch.Tensor | None,
+    eps: float,
+    n_head: int,
+    n_kv_head: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     B, T, _, D = qkv.shape
     y = qkv.new_empty(B, T, n_head * D)
     probs = qkv.new_empty(B, n_head, padded(T), padded(T))
     _kernels().short_attention_forward(
-        qkv.data_ptr(), qkv.stride(0), qkv.stride(1), _pointer(cos), _pointer(sin), y.data_ptr(), probs.data_ptr(),
-        B, T, n_head, n_kv_head, D, D**-0.5, torch.get_num_threads(),
+        qkv.data_ptr(), qkv.stride(0), qkv.stride(1), _pointer(cos), _pointer(sin), _pointer(norm_weight), eps,
+        y.data_ptr(), probs.data_ptr(), B, T, n_head, n_kv_head, D, D**-0.5, torch.get_num_threads(),
     )  # fmt: skip
     return y, probs
 
@@ -145,18 +152,22 @@ def _attention_backward(  # noqa: PLR0913  # the forward's inputs, its probabili
     qkv: torch.Tensor,
     cos: torch.Tensor | None,
     sin: torch.Tensor | None,
+    norm_weight: torch.Tensor | None,
+    eps: float,
     probs: torch.Tensor,
     n_head: int,
     n_kv_head: int,
-) -> torch.Tensor:
+) -> tuple[torch.Tensor, torch.Tensor]:
     B, T, _, D = qkv.shape
     grad_y = grad_y.contiguous()
     grad_qkv = qkv.new_empty(qkv.shape)
+    grad_norm = qkv.new_zeros(D)  # stays zero without QK-norm (an operator cannot return None)
     _kernels().short_attention_backward(
         grad_y.data_ptr(), qkv.data_ptr(), qkv.stride(0), qkv.stride(1), _pointer(cos), _pointer(sin),
-        probs.data_ptr(), grad_qkv.data_ptr(), B, T, n_head, n_kv_head, D, D**-0.5, torch.get_num_threads(),
+        _pointer(norm_weight), eps, probs.data_ptr(), grad_qkv.data_ptr(), grad_norm.data_ptr(),
+        B, T, n_head, n_kv_head, D, D**-0.5, torch.get_num_threads(),
     )  # fmt: skip
-    return grad_qkv
+    return grad_qkv, grad_norm
 
 
 short_attention_op = torch.library.custom_op("microgpt::short_attention", mutates_args=())(_attention_forward)
@@ -166,16 +177,15 @@ short_attention_backward_op = torch.library.custom_op("microgpt::short_attention
 
 
 @short_attention_op.register_fake
-def _(
-    qkv: torch.Tensor, cos: torch.Tensor | None, sin: torch.Tensor | None, n_head: int, n_kv_head: int
-) -> tuple[torch.Tensor, torch.Tensor]:
+def _(qkv: torch.Tensor, *args: Any) -> tuple[torch.Tensor, torch.Tensor]:
     B, T, _, D = qkv.shape
+    n_head = args[-2]
     return qkv.new_empty(B, T, n_head * D), qkv.new_empty(B, n_head, padded(T), padded(T))
 
 
 @short_attention_backward_op.register_fake
-def _(grad_y: torch.Tensor, qkv: torch.Tensor, *_: Any) -> torch.Tensor:
-    return qkv.new_empty(qkv.shape)
+def _(grad_y: torch.Tensor, qkv: torch.Tensor, *_: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    return qkv.new_empty(qkv.shape), qkv.new_empty(qkv.size(-1))
 
 
 class _ShortAttention(torch.autograd.Function):
@@ -187,20 +197,24 @@ class _ShortAttention(torch.autograd.Function):
         qkv: torch.Tensor,
         cos: torch.Tensor | None,
         sin: torch.Tensor | None,
+        norm_weight: torch.Tensor | None,
+        eps: float,
         n_head: int,
         n_kv_head: int,
     ) -> torch.Tensor:
         forward = short_attention_op if torch.compiler.is_compiling() else _attention_forward
-        y, probs = forward(qkv, cos, sin, n_head, n_kv_head)
-        ctx.save_for_backward(qkv, cos, sin, probs)
-        ctx.heads = (n_head, n_kv_head)
+        y, probs = forward(qkv, cos, sin, norm_weight, eps, n_head, n_kv_head)
+        ctx.save_for_backward(qkv, cos, sin, norm_weight, probs)
+        ctx.shape = (eps, n_head, n_kv_head)
         return y
 
     @staticmethod
     def backward(ctx: Any, grad_y: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        qkv, cos, sin, probs = ctx.saved_tensors
+        qkv, cos, sin, norm_weight, probs = ctx.saved_tensors
+        eps, n_head, n_kv_head = ctx.shape
         backward = short_attention_backward_op if torch.compiler.is_compiling() else _attention_backward
-        return backward(grad_y, qkv, cos, sin, probs, *ctx.heads), None, None, None, None
+        grad_qkv, grad_norm = backward(grad_y, qkv, cos, sin, norm_weight, eps, probs, n_head, n_kv_head)
+        return grad_qkv, None, None, None if norm_weight is None else grad_norm, None, None, None
 
 
 def use_short_attention(qkv: torch.Tensor, head_dim: int, dropout: float) -> bool:
@@ -216,21 +230,28 @@ def use_short_attention(qkv: torch.Tensor, head_dim: int, dropout: float) -> boo
 
 
 def short_causal_attention(
-    qkv: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None, n_head: int, n_kv_head: int
+    qkv: torch.Tensor,
+    rope: tuple[torch.Tensor, torch.Tensor] | None,
+    n_head: int,
+    n_kv_head: int,
+    qk_norm: tuple[torch.Tensor, float] | None = None,
 ) -> torch.Tensor:
     """Causal attention through the native kernel: ``qkv`` (B, T, n_head + 2·n_kv_head, D) → (B, T, n_head·D).
 
     Args:
-        qkv: Queries, keys and values, un-rotated (the kernel applies RoPE); any batch and time strides.
+        qkv: Queries, keys and values as projected: the kernel normalises and rotates them; any batch and time
+            strides.
         rope: ``(cos, sin)`` each (T, 1, D), or ``None`` for no rotation.
         n_head: Query heads.
         n_kv_head: Key/value heads (divides ``n_head``).
+        qk_norm: ``(weight, eps)`` of the RMSNorm shared by queries and keys (QK-norm), applied before RoPE.
     """
     B, T, _, D = qkv.shape
     if qkv.stride(3) != 1 or qkv.stride(2) != D:
         qkv = qkv.contiguous()
     cos, sin = (None, None) if rope is None else (rope[0].reshape(T, D), rope[1].reshape(T, D))
-    y: torch.Tensor = _ShortAttention.apply(qkv, cos, sin, n_head, n_kv_head)  # type: ignore[no-untyped-call]
+    norm_weight, eps = (None, 0.0) if qk_norm is None else (qk_norm[0].contiguous(), qk_norm[1])
+    y: torch.Tensor = _ShortAttention.apply(qkv, cos, sin, norm_weight, eps, n_head, n_kv_head)  # type: ignore[no-untyped-call]
     return y
 
 

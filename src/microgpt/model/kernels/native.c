@@ -18,6 +18,7 @@
  * Layouts (D contiguous and a multiple of 16; the batch and time strides of qkv are passed in elements):
  *   qkv      (B, T, n_head + 2·n_kv_head, D)  queries, then keys, then values: the fused projection's output
  *   cos, sin (T, D)  RoPE tables [cos, cos] and [−sin, sin] (rotate-halves form), or NULL for no rotation
+ *   norm_w   (D)     QK-norm: queries and keys are RMS-normalised with this weight before RoPE, or NULL
  *   y        (B, T, n_head, D) contiguous;  probs (B, n_head, Tp, Tp) contiguous, fully written
  *   grad_y   (B, T, n_head, D) contiguous;  grad_qkv (B, T, n_head + 2·n_kv_head, D) contiguous, fully written
  * Grouped-query attention: query head h reads key/value head h / (n_head / n_kv_head).
@@ -107,6 +108,15 @@ static inline v8 exp8_nonpositive(v8 x) {
 
 static inline float sum8(v8 v) { return ((v[0] + v[1]) + (v[2] + v[3])) + ((v[4] + v[5]) + (v[6] + v[7])); }
 
+static inline float dot_row(const float *a, const float *b, int64_t C) {
+    v8 acc = {0};
+    int64_t c = 0;
+    for (; c + 8 <= C; c += 8) acc += *(const v8u *)(a + c) * *(const v8u *)(b + c);
+    float total = sum8(acc);
+    for (; c < C; c++) total += a[c] * b[c];
+    return total;
+}
+
 /* out = (x·cos + swap(x)·sin)·scale, swap exchanging the halves of x (RoPE, rotate-halves form). */
 static inline void rope_row(float *out, const float *x, const float *cos, const float *sin, int64_t D, float scale) {
     int64_t half = D / 2;
@@ -134,14 +144,43 @@ static void transpose(float *out, const float *in, int64_t rows, int64_t cols) {
         for (int64_t r = 0; r < rows; r++) out[c * rows + r] = in[r * cols + c];
 }
 
-/* The rows of one head of qkv (time stride `stride_t`), rotated and scaled, into dst (Tp, D); padding zero. */
-static void load_head(float *dst, const float *src, int64_t stride_t, const float *cos, const float *sin, int64_t T,
-                      int64_t Tp, int64_t D, float scale, int rotate) {
-    int with_rope = rotate && cos != NULL;
-    for (int64_t t = 0; t < T; t++)
-        rope_row(dst + t * D, src + t * stride_t, with_rope ? cos + t * D : NULL, with_rope ? sin + t * D : NULL, D,
-                 scale);
+/* The rows of one head of qkv (time stride `stride_t`) into dst (Tp, D), padding zero: with `rotate`,
+ * RMS-normalised by norm_w first (QK-norm; when norm_w is not NULL) and rotated (when cos is not NULL);
+ * then scaled. */
+static void load_head(float *dst, const float *src, int64_t stride_t, const float *cos, const float *sin,
+                      const float *norm_w, float eps, int64_t T, int64_t Tp, int64_t D, float scale, int rotate) {
+    int with_rope = rotate && cos != NULL, with_norm = rotate && norm_w != NULL;
+    float normed[D];
+    for (int64_t t = 0; t < T; t++) {
+        const float *x = src + t * stride_t;
+        if (with_norm) {
+            float r = 1.0f / sqrtf(dot_row(x, x, D) / (float)D + eps);
+            for (int64_t d = 0; d < D; d++) normed[d] = x[d] * r * norm_w[d];
+            x = normed;
+        }
+        rope_row(dst + t * D, x, with_rope ? cos + t * D : NULL, with_rope ? sin + t * D : NULL, D, scale);
+    }
     memset(dst + T * D, 0, sizeof(float) * (size_t)((Tp - T) * D));
+}
+
+/* The gradient of one raw q or k row x from the gradient g_rot of its normalised, rotated version: RoPE's
+ * transpose, then (with norm_w) RMSNorm's backward, adding the row's share of the norm weight's gradient to
+ * grad_w. Written to out. */
+static void head_row_backward(float *out, const float *g_rot, const float *x, const float *cos, const float *sin,
+                              const float *norm_w, float eps, float *grad_w, int64_t D) {
+    if (!norm_w) {
+        rope_row_backward(out, g_rot, cos, sin, D);
+        return;
+    }
+    float g[D];
+    rope_row_backward(g, g_rot, cos, sin, D);
+    float r = 1.0f / sqrtf(dot_row(x, x, D) / (float)D + eps), dot = 0.0f;
+    for (int64_t d = 0; d < D; d++) dot += g[d] * norm_w[d] * x[d];
+    float k = dot * r * r / (float)D;  // mean(g·w·x̂)·r, with x̂ = x·r
+    for (int64_t d = 0; d < D; d++) {
+        grad_w[d] += g[d] * x[d] * r;
+        out[d] = r * (g[d] * norm_w[d] - x[d] * k);
+    }
 }
 
 /* Row-wise causal softmax of S (Tp, Tp) in place: row i over columns j <= i, zero elsewhere. Tp is a multiple
@@ -168,8 +207,8 @@ static void causal_softmax(float *S, int64_t T, int64_t Tp) {
 static int64_t padded(int64_t T) { return (T + NR - 1) / NR * NR; }
 
 void short_attention_forward(const float *qkv, int64_t stride_b, int64_t stride_t, const float *cos,
-                             const float *sin, float *y, float *probs, int64_t B, int64_t T, int64_t n_head,
-                             int64_t n_kv_head, int64_t D, float scale, int num_threads) {
+                             const float *sin, const float *norm_w, float eps, float *y, float *probs, int64_t B,
+                             int64_t T, int64_t n_head, int64_t n_kv_head, int64_t D, float scale, int num_threads) {
     int64_t group = n_head / n_kv_head, Tp = padded(T);
 #pragma omp parallel num_threads(num_threads)
     {
@@ -179,12 +218,12 @@ void short_attention_forward(const float *qkv, int64_t stride_b, int64_t stride_
         for (int64_t pair = 0; pair < B * n_kv_head; pair++) {
             int64_t b = pair / n_kv_head, hk = pair % n_kv_head;
             const float *base = qkv + b * stride_b;
-            load_head(K, base + (n_head + hk) * D, stride_t, cos, sin, T, Tp, D, 1.0f, 1);
-            load_head(V, base + (n_head + n_kv_head + hk) * D, stride_t, NULL, NULL, T, Tp, D, 1.0f, 0);
+            load_head(K, base + (n_head + hk) * D, stride_t, cos, sin, norm_w, eps, T, Tp, D, 1.0f, 1);
+            load_head(V, base + (n_head + n_kv_head + hk) * D, stride_t, NULL, NULL, NULL, 0.0f, T, Tp, D, 1.0f, 0);
             transpose(Kt, K, Tp, D);
             for (int64_t h = hk * group; h < (hk + 1) * group; h++) {
                 float *P = probs + (b * n_head + h) * Tp * Tp;
-                load_head(Q, base + h * D, stride_t, cos, sin, T, Tp, D, scale, 1);
+                load_head(Q, base + h * D, stride_t, cos, sin, norm_w, eps, T, Tp, D, scale, 1);
                 gemm(P, Tp, Q, D, Kt, Tp, Tp, Tp, D, K_ALL, 1, 0, 0);  // scores, blocks right of the diagonal skipped
                 causal_softmax(P, T, Tp);
                 gemm(Q, D, P, Tp, V, D, Tp, D, Tp, K_UP_TO_ROW, 0, 0, 0);  // Y = P·V, into Q's buffer
@@ -195,15 +234,19 @@ void short_attention_forward(const float *qkv, int64_t stride_b, int64_t stride_
     }
 }
 
+/* grad_norm_w (D) receives the QK-norm weight's gradient when norm_w is not NULL (it is zeroed here). */
 void short_attention_backward(const float *grad_y, const float *qkv, int64_t stride_b, int64_t stride_t,
-                              const float *cos, const float *sin, const float *probs, float *grad_qkv, int64_t B,
-                              int64_t T, int64_t n_head, int64_t n_kv_head, int64_t D, float scale,
-                              int num_threads) {
+                              const float *cos, const float *sin, const float *norm_w, float eps,
+                              const float *probs, float *grad_qkv, float *grad_norm_w, int64_t B, int64_t T,
+                              int64_t n_head, int64_t n_kv_head, int64_t D, float scale, int num_threads) {
     int64_t group = n_head / n_kv_head, Tp = padded(T);
     int64_t width = (n_head + 2 * n_kv_head) * D;  // grad_qkv's time stride
+    if (norm_w) memset(grad_norm_w, 0, sizeof(float) * (size_t)D);
 #pragma omp parallel num_threads(num_threads)
     {
-        float *buf = malloc(sizeof(float) * (size_t)(8 * Tp * D + Tp * Tp));
+        float *buf = malloc(sizeof(float) * (size_t)(8 * Tp * D + Tp * Tp + D));
+        float *grad_w = buf + 8 * Tp * D + Tp * Tp;  // this thread's share of grad_norm_w
+        memset(grad_w, 0, sizeof(float) * (size_t)D);
         float *K = buf, *V = K + Tp * D, *Vt = V + Tp * D, *Q = Vt + Tp * D, *dY = Q + Tp * D, *dQ = dY + Tp * D;
         float *dK = dQ + Tp * D, *dV = dK + Tp * D, *dS = dV + Tp * D;
 #pragma omp for schedule(static)
@@ -211,15 +254,15 @@ void short_attention_backward(const float *grad_y, const float *qkv, int64_t str
             int64_t b = pair / n_kv_head, hk = pair % n_kv_head;
             const float *base = qkv + b * stride_b;
             float *grad_base = grad_qkv + b * T * width;
-            load_head(K, base + (n_head + hk) * D, stride_t, cos, sin, T, Tp, D, 1.0f, 1);
-            load_head(V, base + (n_head + n_kv_head + hk) * D, stride_t, NULL, NULL, T, Tp, D, 1.0f, 0);
+            load_head(K, base + (n_head + hk) * D, stride_t, cos, sin, norm_w, eps, T, Tp, D, 1.0f, 1);
+            load_head(V, base + (n_head + n_kv_head + hk) * D, stride_t, NULL, NULL, NULL, 0.0f, T, Tp, D, 1.0f, 0);
             transpose(Vt, V, Tp, D);
             memset(dK, 0, sizeof(float) * (size_t)(Tp * D));
             memset(dV, 0, sizeof(float) * (size_t)(Tp * D));
             for (int64_t h = hk * group; h < (hk + 1) * group; h++) {
                 const float *P = probs + (b * n_head + h) * Tp * Tp;
-                load_head(Q, base + h * D, stride_t, cos, sin, T, Tp, D, 1.0f, 1);
-                load_head(dY, grad_y + b * T * n_head * D + h * D, n_head * D, NULL, NULL, T, Tp, D, 1.0f, 0);
+                load_head(Q, base + h * D, stride_t, cos, sin, norm_w, eps, T, Tp, D, 1.0f, 1);
+                load_head(dY, grad_y + b * T * n_head * D + h * D, n_head * D, NULL, NULL, NULL, 0.0f, T, Tp, D, 1.0f, 0);
                 gemm(dV, D, P, Tp, dY, D, Tp, D, Tp, K_FROM_ROW, 0, 1, 1);  // dV += Pᵀ·dY
                 memset(dS, 0, sizeof(float) * (size_t)(Tp * Tp));
                 gemm(dS, Tp, dY, D, Vt, Tp, Tp, Tp, D, K_ALL, 1, 0, 0);  // dP = dY·Vᵀ
@@ -236,15 +279,20 @@ void short_attention_backward(const float *grad_y, const float *qkv, int64_t str
                 }
                 gemm(dQ, D, dS, Tp, K, D, Tp, D, Tp, K_UP_TO_ROW, 0, 0, 0);  // dQ = dS·K
                 for (int64_t t = 0; t < T; t++)
-                    rope_row_backward(grad_base + t * width + h * D, dQ + t * D, cos ? cos + t * D : NULL,
-                                      sin ? sin + t * D : NULL, D);
+                    head_row_backward(grad_base + t * width + h * D, dQ + t * D, base + t * stride_t + h * D,
+                                      cos ? cos + t * D : NULL, sin ? sin + t * D : NULL, norm_w, eps, grad_w, D);
                 gemm(dK, D, dS, Tp, Q, D, Tp, D, Tp, K_FROM_ROW, 0, 1, 1);  // dK += dSᵀ·Q
             }
             for (int64_t t = 0; t < T; t++) {
-                rope_row_backward(grad_base + t * width + (n_head + hk) * D, dK + t * D, cos ? cos + t * D : NULL,
-                                  sin ? sin + t * D : NULL, D);
+                head_row_backward(grad_base + t * width + (n_head + hk) * D, dK + t * D,
+                                  base + t * stride_t + (n_head + hk) * D, cos ? cos + t * D : NULL,
+                                  sin ? sin + t * D : NULL, norm_w, eps, grad_w, D);
                 memcpy(grad_base + t * width + (n_head + n_kv_head + hk) * D, dV + t * D, D * sizeof(float));
             }
+        }
+        if (norm_w) {
+#pragma omp critical
+            for (int64_t d = 0; d < D; d++) grad_norm_w[d] += grad_w[d];
         }
         free(buf);
     }
@@ -306,15 +354,6 @@ void swiglu_backward(const float *grad, const float *h, float *grad_h, int64_t N
 }
 
 /* ---- RMSNorm: y = x·r·w with r = 1/sqrt(mean(x²) + eps), over rows x (N, C) ---- */
-
-static inline float dot_row(const float *a, const float *b, int64_t C) {
-    v8 acc = {0};
-    int64_t c = 0;
-    for (; c + 8 <= C; c += 8) acc += *(const v8u *)(a + c) * *(const v8u *)(b + c);
-    float total = sum8(acc);
-    for (; c < C; c++) total += a[c] * b[c];
-    return total;
-}
 
 void rms_norm_forward(const float *x, const float *w, float *y, float *rstd, int64_t N, int64_t C, float eps,
                       int num_threads) {
