@@ -1,6 +1,6 @@
-"""microgpt's native CPU kernels (``kernels/native.c``): short-context causal attention with RoPE, and SwiGLU.
+"""microgpt's native CPU kernels (``kernels/native.c``): short-context causal attention, SwiGLU, RMSNorm.
 
-Both are float32, forward and backward, and where they apply they replace several torch kernels each (the
+All are float32, forward and backward, and where they apply they replace several torch kernels each (the
 measurements are in benchmarks/README.md, "Model step"). The C file is compiled at first use with the system C
 compiler (``$CC``, else ``cc``) into ``<cache>/kernels/native-<key>.so`` (cache: ``$MICROGPT_CACHE_DIR`` or
 ``~/.cache/microgpt``), the key hashing the source, the flags, the compiler and this CPU, and loaded with

@@ -1,5 +1,5 @@
-/* microgpt's native CPU kernels: causal attention at short contexts (RoPE included) and SwiGLU, each forward
- * and backward, float32. Built at first use by microgpt.model.native with the system C compiler
+/* microgpt's native CPU kernels: causal attention at short contexts (QK-norm and RoPE included), SwiGLU and
+ * RMSNorm, each forward and backward, float32. Built at first use by microgpt.model.native with the system C compiler
  * (-O3 -march=native -fopenmp); the OpenMP runtime is the one torch already loaded (same soname), so the threads
  * are torch's own. Loops are written over GCC/Clang vector types (8 floats), which compile to AVX2 on x86 and
  * to NEON pairs on ARM.
