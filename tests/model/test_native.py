@@ -176,6 +176,28 @@ def test_model_with_kernel_matches_model_with_sdpa(change: dict[str, object]) ->
         torch.testing.assert_close(param.grad.double(), expected[name], atol=1e-5, rtol=1e-4, msg=name)
 
 
+@needs_kernel
+def test_weight_gradients_are_bitwise_reproducible_with_three_threads() -> None:
+    """Per-thread partial sums are added in thread order, never in finishing order (exact resume relies on it)."""
+    torch.manual_seed(0)
+    x, weight = torch.randn(300, 64), torch.randn(64)
+    qkv, norm = torch.randn(3, 40, 6, 32), torch.randn(32)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        grads = []
+        for _ in range(3):
+            w, n = weight.clone().requires_grad_(), norm.clone().requires_grad_()
+            native.native_rms_norm(x, w, 1e-5).sum().backward()
+            native.short_causal_attention(qkv, None, 2, 2, (n, 1e-6)).square().sum().backward()
+            assert w.grad is not None and n.grad is not None
+            grads.append((w.grad, n.grad))
+    finally:
+        torch.set_num_threads(threads)
+    for w_grad, n_grad in grads[1:]:
+        assert torch.equal(w_grad, grads[0][0]) and torch.equal(n_grad, grads[0][1])
+
+
 def test_sdpa_is_used_where_the_kernel_does_not_apply() -> None:
     qkv = torch.randn(1, 8, 3, 32)
     assert not native.use_short_attention(qkv.double(), 32, dropout=0.0)  # float64

@@ -24,6 +24,7 @@
  * Grouped-query attention: query head h reads key/value head h / (n_head / n_kv_head).
  */
 #include <math.h>
+#include <omp.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -206,6 +207,17 @@ static void causal_softmax(float *S, int64_t T, int64_t Tp) {
 
 static int64_t padded(int64_t T) { return (T + NR - 1) / NR * NR; }
 
+/* Per-thread partial sums of a length-n gradient, added up in thread order after the parallel region, so the
+ * result does not depend on which thread finishes first (bitwise-reproducible runs). */
+static float *partials_new(int num_threads, int64_t n) { return calloc((size_t)(num_threads * n), sizeof(float)); }
+
+static void partials_sum(float *out, float *partials, int num_threads, int64_t n) {
+    memset(out, 0, sizeof(float) * (size_t)n);
+    for (int t = 0; t < num_threads; t++)
+        for (int64_t i = 0; i < n; i++) out[i] += partials[t * n + i];
+    free(partials);
+}
+
 void short_attention_forward(const float *qkv, int64_t stride_b, int64_t stride_t, const float *cos,
                              const float *sin, const float *norm_w, float eps, float *y, float *probs, int64_t B,
                              int64_t T, int64_t n_head, int64_t n_kv_head, int64_t D, float scale, int num_threads) {
@@ -241,12 +253,11 @@ void short_attention_backward(const float *grad_y, const float *qkv, int64_t str
                               int64_t n_head, int64_t n_kv_head, int64_t D, float scale, int num_threads) {
     int64_t group = n_head / n_kv_head, Tp = padded(T);
     int64_t width = (n_head + 2 * n_kv_head) * D;  // grad_qkv's time stride
-    if (norm_w) memset(grad_norm_w, 0, sizeof(float) * (size_t)D);
+    float *partials = partials_new(num_threads, D);
 #pragma omp parallel num_threads(num_threads)
     {
-        float *buf = malloc(sizeof(float) * (size_t)(8 * Tp * D + Tp * Tp + D));
-        float *grad_w = buf + 8 * Tp * D + Tp * Tp;  // this thread's share of grad_norm_w
-        memset(grad_w, 0, sizeof(float) * (size_t)D);
+        float *buf = malloc(sizeof(float) * (size_t)(8 * Tp * D + Tp * Tp));
+        float *grad_w = partials + omp_get_thread_num() * D;  // this thread's share of grad_norm_w
         float *K = buf, *V = K + Tp * D, *Vt = V + Tp * D, *Q = Vt + Tp * D, *dY = Q + Tp * D, *dQ = dY + Tp * D;
         float *dK = dQ + Tp * D, *dV = dK + Tp * D, *dS = dV + Tp * D;
 #pragma omp for schedule(static)
@@ -290,11 +301,12 @@ void short_attention_backward(const float *grad_y, const float *qkv, int64_t str
                 memcpy(grad_base + t * width + (n_head + n_kv_head + hk) * D, dV + t * D, D * sizeof(float));
             }
         }
-        if (norm_w) {
-#pragma omp critical
-            for (int64_t d = 0; d < D; d++) grad_norm_w[d] += grad_w[d];
-        }
         free(buf);
+    }
+    if (norm_w) {
+        partials_sum(grad_norm_w, partials, num_threads, D);
+    } else {
+        free(partials);
     }
 }
 
@@ -369,10 +381,10 @@ void rms_norm_forward(const float *x, const float *w, float *y, float *rstd, int
 /* grad_x = r·(g·w − x·r·mean(g·w·x·r)) per row; grad_w = Σ_rows g·x·r, summed over each thread's rows first. */
 void rms_norm_backward(const float *grad, const float *x, const float *w, const float *rstd, float *grad_x,
                        float *grad_w, int64_t N, int64_t C, int num_threads) {
-    memset(grad_w, 0, sizeof(float) * (size_t)C);
+    float *partials = partials_new(num_threads, C);
 #pragma omp parallel num_threads(num_threads)
     {
-        float *partial = calloc((size_t)C, sizeof(float));
+        float *partial = partials + omp_get_thread_num() * C;
 #pragma omp for schedule(static)
         for (int64_t n = 0; n < N; n++) {
             const float *g = grad + n * C, *xn = x + n * C;
@@ -392,8 +404,6 @@ void rms_norm_backward(const float *grad, const float *x, const float *w, const 
             float k = dot * r * r / (float)C;  // mean(g·w·x̂)·r, with x̂ = x·r
             for (int64_t c = 0; c < C; c++) gx[c] = r * (g[c] * w[c] - xn[c] * k);
         }
-#pragma omp critical
-        for (int64_t c = 0; c < C; c++) grad_w[c] += partial[c];
-        free(partial);
     }
+    partials_sum(grad_w, partials, num_threads, C);
 }
