@@ -80,7 +80,7 @@ def test_resume_continues_with_the_exact_next_batch(prepared: tuple[Path, Manife
     for expected in reference[stop:]:
         x, y = next(resumed)
         assert torch.equal(x, expected[0]) and torch.equal(y, expected[1])
-    assert state["epoch"] == 1 and state["batch"] == 2
+    assert state["epoch"] == 1 and state["window"] == 2 * 5
     assert rows(reference[0]) != rows(reference[per_epoch])  # each epoch has its own order
 
 
@@ -102,9 +102,13 @@ def test_bad_setups_are_clear_errors(prepared: tuple[Path, Manifest], tmp_path: 
     with pytest.raises(MicrogptError, match="too few for one window"):
         TokenLoader(out, "val", 2, 100_000)
     loader = TokenLoader(out, "train", 2, 8)
-    state = loader.state_dict() | {"batch_size": 3}
-    with pytest.raises(MicrogptError, match="saved batch_size=3, now 2"):
+    state = loader.state_dict() | {"global_batch": 3}
+    with pytest.raises(MicrogptError, match="saved global_batch=3, now 2"):
         loader.load_state_dict(state)
+    with pytest.raises(MicrogptError, match="older microgpt whose data order depended on the number of processes"):
+        loader.load_state_dict({"version": 1, "epoch": 0, "batch": 3, "world_size": 1})
+    with pytest.raises(MicrogptError, match="not a multiple of batch_size × world_size = 4"):
+        TokenLoader(out, "train", 2, 8, rank=1, world_size=2, global_batch=6)
     shard = out / "train-00000.bin"
     shard.write_bytes(shard.read_bytes()[:-10])
     with pytest.raises(MicrogptError, match="truncated"):
@@ -125,4 +129,58 @@ def test_an_error_in_the_prefetch_thread_reaches_the_caller(
     monkeypatch.setattr(loader, "_assemble", broken)
     with pytest.raises(OSError, match="disk went away"):
         next(loader)  # raised, not a hang
-    assert loader.state_dict()["batch"] == 1
+    assert loader.state_dict()["window"] == 2
+
+
+def _step_windows(loader: TokenLoader, grad_accum: int) -> list[set[tuple[int, ...]]]:
+    return [{row for _ in range(grad_accum) for row in rows(next(loader))} for _ in range(loader.batches_per_epoch)]
+
+
+@pytest.mark.parametrize(("world_size", "micro"), [(2, 6), (3, 2), (4, 1)])
+def test_steps_see_the_same_windows_at_any_world_size(
+    prepared: tuple[Path, Manifest], world_size: int, micro: int
+) -> None:
+    # One global order: optimizer step s trains on the same 12 windows whether one rank takes them in one batch
+    # or several ranks split them into micro-steps; the epoch is cut at the same place, and epoch 2 reshuffles.
+    out, _ = prepared
+    G, T = 12, 16
+    single = TokenLoader(out, "train", G, T, seed=9, global_batch=G)
+    reference = [rows(next(single)) for _ in range(single.batches_per_epoch + 2)]
+    accum = G // (micro * world_size)
+    loaders = [
+        TokenLoader(out, "train", micro, T, rank=r, world_size=world_size, seed=9, global_batch=G)
+        for r in range(world_size)
+    ]
+    steps = single.batches_per_epoch + 2
+    got: list[list[tuple[int, ...]]] = [[] for _ in range(steps)]
+    for step in range(steps):
+        for _ in range(accum):
+            for loader in loaders:
+                got[step] += rows(next(loader))
+    assert [sorted(s) for s in got] == [sorted(s) for s in reference]
+    assert len(set(got[0])) == G and set(got[0]) != set(got[single.batches_per_epoch])
+
+
+def test_a_state_saved_on_two_ranks_resumes_on_one_and_back(prepared: tuple[Path, Manifest]) -> None:
+    out, _ = prepared
+    G, T = 8, 16
+    one = TokenLoader(out, "train", G, T, seed=4, global_batch=G)
+    reference = [sorted(rows(next(one))) for _ in range(one.batches_per_epoch + 3)]
+    two = [TokenLoader(out, "train", 4, T, rank=r, world_size=2, seed=4, global_batch=G) for r in range(2)]
+    stop = one.batches_per_epoch - 1  # the resumed loader crosses the epoch boundary
+    for _ in range(stop):
+        for loader in two:
+            next(loader)
+    state = json.loads(json.dumps(two[0].state_dict()))
+    assert state == two[1].state_dict()  # the same on every rank
+    resumed = TokenLoader(out, "train", 2, T, seed=4, global_batch=G)  # one rank, two micro-steps of 2 windows
+    resumed.load_state_dict(state)
+    for expected in reference[stop : stop + 3]:
+        assert sorted(rows(next(resumed)) + rows(next(resumed)) + rows(next(resumed)) + rows(next(resumed))) == expected
+    back = [TokenLoader(out, "train", 4, T, rank=r, world_size=2, seed=4, global_batch=G) for r in range(2)]
+    for loader in back:
+        loader.load_state_dict(resumed.state_dict())
+    assert sorted(rows(next(back[0])) + rows(next(back[1]))) == reference[stop + 3]
+    odd = TokenLoader(out, "train", 3, T, seed=4, global_batch=9)
+    with pytest.raises(MicrogptError, match="saved global_batch=8, now 9"):
+        odd.load_state_dict(state)

@@ -229,7 +229,10 @@ class Trainer(ABC):
         if metrics is not None and resume is not None:
             metrics.truncate_after(step)
         if resume is not None:
-            restore_rng_state(_read_json(resume / "rng.json")[dist.rank if dist.is_distributed else 0])
+            # Each rank continues its own RNG stream; a rank the saved run did not have takes rank 0's (only dropout
+            # draws from it, and dropout masks cannot match across world sizes anyway).
+            rng_states = _read_json(resume / "rng.json")
+            restore_rng_state(rng_states[dist.rank if dist.rank < len(rng_states) else 0])
         n_params = sum(p.numel() for p in raw_model.parameters())
         log.info(
             "training %s parameters on %s (%s), %d rank(s), global batch %d = %d micro-step(s) × %d × %d rank(s)",
@@ -339,12 +342,19 @@ class Trainer(ABC):
         state = _read_json(resume / "trainer.json")
         load_optimizer_state(optimizers, resume)
         step, tokens = int(state["step"]), int(state["tokens"])
-        loaders = state["loader"]
-        if len(loaders) != self.dist.world_size:
-            raise MicrogptError(
-                f"{resume} was written by {len(loaders)} rank(s); resume it with the same number of processes"
+        saved = state.get("loader")  # one position for all ranks; older checkpoints hold a list, one per rank
+        if not saved:
+            raise MicrogptError(f"{resume} holds no data-loader position (a soup or an export): it cannot be resumed")
+        try:
+            loader.load_state_dict(saved if isinstance(saved, dict) else saved[min(self.dist.rank, len(saved) - 1)])
+        except MicrogptError as error:
+            raise MicrogptError(f"{resume}: {error}") from None
+        if state.get("world_size", self.dist.world_size) != self.dist.world_size:
+            log.info(
+                "resuming on %d process(es) a run saved on %d: same global batch, same data order",
+                self.dist.world_size,
+                state["world_size"],
             )
-        loader.load_state_dict(loaders[self.dist.rank])
         last_val = (float(meta["val_loss"]), meta.get("val_bpb")) if meta.get("val_loss") is not None else None
         log.info("resuming from %s (step %d, %s tokens)", resume, step, f"{tokens:,}")
         return step, tokens, float(state.get("best_val_loss") or math.inf), last_val
@@ -473,20 +483,18 @@ class Trainer(ABC):
         val: tuple[float, float | None] | None,
     ) -> Path:
         rng = capture_rng_state()
-        loader_state = loader.state_dict()
-        rng_states, loader_states = [rng], [loader_state]
-        if self.dist.is_distributed:  # every rank's RNG and data position travel with the checkpoint
+        rng_states = [rng]
+        if self.dist.is_distributed:  # every rank's RNG travels with the checkpoint (the data position is global)
             gathered: list[Any] = [None] * self.dist.world_size
-            torch_dist.all_gather_object(gathered, (rng, loader_state))
-            rng_states = [g[0] for g in gathered]
-            loader_states = [g[1] for g in gathered]
+            torch_dist.all_gather_object(gathered, rng)
+            rng_states = list(gathered)
         path = writer.root / f"step-{step:07d}"
         if self.dist.is_main:
             trainer_state = {
                 "step": step,
                 "tokens": tokens,
                 "best_val_loss": best_val if math.isfinite(best_val) else None,
-                "loader": loader_states,
+                "loader": loader.state_dict(),
                 "world_size": self.dist.world_size,
             }
             meta = {

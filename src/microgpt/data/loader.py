@@ -4,11 +4,16 @@ A split is one long token sequence (its shards end to end). Window ``i`` is toke
 the first ``T``, ``y`` the last ``T`` (shifted by one). Windows never overlap, so an epoch sees each token once
 as a target; a window may span two shards but never another split (each split has its own shards).
 
-Each epoch orders the windows (a permutation seeded by ``(seed, epoch)``, or in order), cuts the order to a
-multiple of ``world_size`` and deals it out: rank ``r`` takes every ``world_size``-th window from ``r``. Ranks are
-disjoint and together cover the epoch; every rank has the same number of batches (DDP needs lockstep). The
-position is ``(epoch, batch)``, so :meth:`TokenLoader.state_dict` is two integers plus checks, and a resumed loader
-yields exactly the batch an uninterrupted one would have.
+Each epoch orders *all* the windows (a permutation seeded by ``(seed, epoch)``, or in order) — one global order,
+whatever the number of ranks — and cuts it to a multiple of ``global_batch`` (the windows of one optimizer step
+across all ranks). Micro-step ``k`` of the epoch takes the next ``batch_size × world_size`` windows of that order,
+and rank ``r`` the ``r``-th run of ``batch_size`` among them. So optimizer step ``s`` always trains on windows
+``order[s·G, (s+1)·G)`` however ``G`` is split into ranks and micro-steps: one process, two, or eight with
+accumulation see the same batches (the step-1 loss matches), and a run saved on N processes resumes on M. Ranks
+are disjoint, together cover the epoch, and have the same number of batches (DDP and FSDP need lockstep). The
+position is ``(epoch, window)`` — windows of the epoch consumed by all ranks together — so
+:meth:`TokenLoader.state_dict` is two integers plus checks, and a resumed loader yields exactly the batch an
+uninterrupted one would have.
 
 On CUDA a background thread assembles the next batches (pinned, then copied with ``non_blocking``) so the step
 never waits on disk. On CPU the default is no thread: a batch takes ~0.3 ms to assemble from the page cache,
@@ -33,7 +38,7 @@ from microgpt.data.config import Split
 from microgpt.data.manifest import Manifest
 from microgpt.data.shards import open_shard
 
-STATE_VERSION = 1
+STATE_VERSION = 2  # 1: per-rank (epoch, batch) over a world-size-dependent order
 Batch = tuple[torch.Tensor, torch.Tensor]
 _Item = tuple[int, int, torch.Tensor, torch.Tensor]  # (epoch, batch, x, y)
 
@@ -50,6 +55,8 @@ class TokenLoader:
         world_size: Number of ranks.
         shuffle: Seeded random window order per epoch (else in order).
         seed: Seed of the order.
+        global_batch: Windows per optimizer step over all ranks (a multiple of ``batch_size × world_size``; default
+            exactly that). Epochs are cut to a multiple of it, so the order of steps is the same at any world size.
         device: Where batches go.
         prefetch: Batches assembled ahead in a background thread (0: none; None: 2 on CUDA, 0 elsewhere).
 
@@ -72,6 +79,7 @@ class TokenLoader:
         world_size: int = 1,
         shuffle: bool = True,
         seed: int = 0,
+        global_batch: int | None = None,
         device: torch.device | str = "cpu",
         prefetch: int | None = None,
     ) -> None:
@@ -99,8 +107,17 @@ class TokenLoader:
                 f"{self.data_dir}: the {split} split has {self.tokens:,} tokens, too few for one window of "
                 f"{block_size + 1} tokens per rank ({world_size} ranks); lower block_size or add data"
             )
-        self.batches_per_epoch = self.windows_per_rank // batch_size
-        self.epoch, self.batch = 0, 0  # position of the next batch to yield
+        self.n_windows = n_windows
+        self.unit = batch_size * world_size  # windows of one micro-step, all ranks together
+        self.global_batch = global_batch if global_batch is not None else self.unit
+        if self.global_batch < 1 or self.global_batch % self.unit != 0:
+            raise MicrogptError(
+                f"global_batch={self.global_batch} is not a multiple of batch_size × world_size = {self.unit}"
+            )
+        # Whole optimizer steps only: an epoch cut that depended on the micro-step would shift later steps.
+        self.windows_per_epoch = n_windows // self.global_batch * self.global_batch
+        self.batches_per_epoch = self.windows_per_epoch // self.unit  # this rank's micro-batches per epoch
+        self.epoch, self.batch = 0, 0  # position of the next batch to yield (batch counts this rank's batches)
         self._order_epoch, self._order = -1, np.empty(0, dtype=np.int64)
         self._thread: threading.Thread | None = None
         self._queue: queue.Queue[_Item | BaseException] = queue.Queue(maxsize=max(self.prefetch, 1))
@@ -108,15 +125,14 @@ class TokenLoader:
 
     # ---- windows ---------------------------------------------------------------------------------------------
 
-    def _rank_windows(self, epoch: int) -> npt.NDArray[np.int64]:
-        """This rank's window indices for ``epoch``, in order of use (cached for the current epoch)."""
+    def _epoch_order(self, epoch: int) -> npt.NDArray[np.int64]:
+        """The global window order of ``epoch`` (the same on every rank at any world size; cached)."""
         if self._order_epoch != epoch:
-            n = self.windows_per_rank * self.world_size
-            if self.shuffle:
-                order = np.random.default_rng([self.seed, epoch]).permutation(n)  # over all full windows
+            if self.shuffle:  # a permutation of every full window, seeded by (seed, epoch) alone
+                order = np.random.default_rng([self.seed, epoch]).permutation(self.n_windows)
             else:
-                order = np.arange(n, dtype=np.int64)
-            self._order, self._order_epoch = order[self.rank :: self.world_size], epoch
+                order = np.arange(self.n_windows, dtype=np.int64)
+            self._order, self._order_epoch = order, epoch
         return self._order
 
     def _read(self, start: int, out: npt.NDArray[np.int64]) -> None:
@@ -148,7 +164,8 @@ class TokenLoader:
 
     def _make(self, epoch: int, batch: int) -> _Item:
         B = self.batch_size
-        windows = self._rank_windows(epoch)[batch * B : (batch + 1) * B]
+        start = batch * self.unit + self.rank * B  # micro-step `batch` of the epoch, this rank's run of B windows
+        windows = self._epoch_order(epoch)[start : start + B]
         return (epoch, batch, *self._assemble(windows))
 
     # ---- iteration -------------------------------------------------------------------------------------------
@@ -161,8 +178,8 @@ class TokenLoader:
         """Return the next training batch ``(x, y)``; epochs roll over without end."""
         if self.batches_per_epoch == 0:
             raise MicrogptError(
-                f"the {self.split} split has {self.windows_per_rank} windows per rank, fewer than batch_size "
-                f"{self.batch_size}: lower batch_size or block_size, or add data"
+                f"the {self.split} split has {self.n_windows} windows of {self.block_size} tokens, fewer than one "
+                f"global batch of {self.global_batch}: lower the batch size or block_size, or add data"
             )
         if self.prefetch <= 0:
             epoch, batch, x, y = self._make(self.epoch, self.batch)
@@ -222,17 +239,20 @@ class TokenLoader:
     # ---- resume ----------------------------------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
-        """Position of the next batch plus what must match on resume (JSON-able; equal on every rank)."""
+        """Position of the next batch plus what must match on resume (JSON-able; the same on every rank).
+
+        ``window`` counts the windows of the epoch that all ranks together have consumed; it does not depend on
+        the world size, so a state saved by N ranks loads into M (any split of the same ``global_batch``).
+        """
         return {
             "version": STATE_VERSION,
             "split": self.split,
             "epoch": self.epoch,
-            "batch": self.batch,
+            "window": self.batch * self.unit,
             "seed": self.seed,
             "shuffle": self.shuffle,
-            "batch_size": self.batch_size,
+            "global_batch": self.global_batch,
             "block_size": self.block_size,
-            "world_size": self.world_size,
             "tokens": self.tokens,
         }
 
@@ -240,19 +260,31 @@ class TokenLoader:
         """Continue from ``state`` so the next batch is the one an uninterrupted run would have seen.
 
         Raises:
-            MicrogptError: When the state is from another split, batch geometry, world size, order or data.
+            MicrogptError: When the state is from another split, global batch, order or data, from an older
+                microgpt (version 1: its order depended on the world size), or not at a micro-step boundary.
         """
+        if state.get("version") == 1:
+            raise MicrogptError(
+                f"cannot resume the {self.split} loader: its state is from an older microgpt whose data order "
+                "depended on the number of processes (loader state version 1); finish that run with the older "
+                "version, or start a new run in another out_dir"
+            )
         mine = self.state_dict()
-        for key in ("version", "split", "seed", "shuffle", "batch_size", "block_size", "world_size", "tokens"):
+        for key in ("version", "split", "seed", "shuffle", "global_batch", "block_size", "tokens"):
             if state.get(key) != mine[key]:
                 raise MicrogptError(
                     f"cannot resume the {self.split} loader: saved {key}={state.get(key)!r}, now {mine[key]!r}"
                 )
-        epoch, batch = int(state["epoch"]), int(state["batch"])
-        if epoch < 0 or not 0 <= batch < max(self.batches_per_epoch, 1):
-            raise MicrogptError(f"cannot resume the {self.split} loader: bad position epoch={epoch} batch={batch}")
+        epoch, window = state.get("epoch"), state.get("window")
+        if not isinstance(epoch, int) or not isinstance(window, int) or epoch < 0:
+            raise MicrogptError(f"cannot resume the {self.split} loader: bad position epoch={epoch} window={window}")
+        if window % self.unit or not 0 <= window < max(self.windows_per_epoch, 1):
+            raise MicrogptError(
+                f"cannot resume the {self.split} loader at window {window} of epoch {epoch}: not a step of "
+                f"batch_size × world_size = {self.unit} windows inside the epoch's {self.windows_per_epoch}"
+            )
         self.close()
-        self.epoch, self.batch = epoch, batch
+        self.epoch, self.batch = epoch, window // self.unit
 
     # ---- evaluation ------------------------------------------------------------------------------------------
 

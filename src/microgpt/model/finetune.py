@@ -171,6 +171,7 @@ class FinetuneTrainer(Trainer):
             world_size=self.dist.world_size,
             shuffle=True,
             seed=self.finetune.data_seed,
+            global_batch=self.config.batch_size,  # one data order at any world size
             device=self.device,
         )
 

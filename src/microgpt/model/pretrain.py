@@ -148,6 +148,7 @@ class PretrainTrainer(Trainer):
             rank=self.dist.rank,
             world_size=self.dist.world_size,
             seed=self.run_config.seed,
+            global_batch=self.config.batch_size,  # one data order at any world size
             device=self.device,
         )
 
