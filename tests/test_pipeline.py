@@ -44,7 +44,7 @@ def tiny_config(out_dir: Path, **changes: Any) -> dict[str, Any]:
                 "test_fraction": 0.15,
                 "workers": 1,
             },
-            "train": quiet_train(max_steps=3, lr=1e-3),
+            "train": quiet_train(max_steps=3, lr=1e-3, checkpoint_interval=2),
             "ingredients": [
                 {"seed": 1, "data_seed": 1},
                 {"seed": 2, "data_seed": 2, "lr": 3e-3},
@@ -71,8 +71,13 @@ def test_tiny_pipeline_end_to_end(tmp_path: Path) -> None:
         "ingredient-2",
         "mixed",
         "best-ingredient",
+        "compute-matched",
         "uniform-soup",
         "greedy-soup",
+        "model-stock",
+        "task-arithmetic",
+        "ties",
+        "trajectory-compute-matched",
     ]
     assert saved["wall_time_s"] > 0 and report["wall_time_s"] == saved["wall_time_s"]
     for model in saved["models"]:
@@ -86,6 +91,23 @@ def test_tiny_pipeline_end_to_end(tmp_path: Path) -> None:
     text = (run / "report.md").read_text()
     assert "| greedy-soup |" in text and "## Samples from" in text
     assert (run / "stage2" / "data-mixed" / "manifest.json").is_file()  # its own mix, its own train split
+    # The compute-matched baseline trained the ingredients' summed steps at their batch size, with the learning rate
+    # of the best ingredient by val loss, and kept its checkpoint with the lowest val loss.
+    baseline = json.loads((run / "steps" / "compute-matched.json").read_text())
+    assert baseline["step"] == baseline["max_steps"] == 3 + 3 + 3 and baseline["batch_size"] == 4
+    best = min(("ingredient-1", "ingredient-2", "mixed"), key=lambda n: by_name[n]["val_loss"])
+    assert baseline["lr"] == {"ingredient-1": 1e-3, "ingredient-2": 3e-3, "mixed": 1e-3}[best]
+    select = json.loads((run / "steps" / "compute-matched-select.json").read_text())
+    assert sorted(int(s) for s in select["val_losses"]) == [2, 4, 6, 8, 9]
+    assert select["val_loss"] == min(select["val_losses"].values())
+    assert by_name["compute-matched"]["val_loss"] == pytest.approx(select["val_loss"])
+    assert by_name["compute-matched"]["stage2_steps"] == 9 and by_name["compute-matched"]["stage2_tokens"] > 0
+    for soup in ("uniform-soup", "greedy-soup", "model-stock", "task-arithmetic", "ties"):
+        assert by_name[soup]["stage2_steps"] == 9  # a soup costs all of its ingredients' training
+    assert by_name["ingredient-1"]["stage2_steps"] == 3 and by_name["stage1"]["stage2_steps"] == 0
+    trajectory = json.loads((run / "steps" / "soups.json").read_text())["soups"]["trajectory-compute-matched"]
+    assert trajectory["settings"]["steps"] == [4, 6, 8, 9]
+    assert any("compute-matched baseline" in note for note in saved["notes"])
     # The soups are checkpoints the CLI samples from.
     with pytest.raises(SystemExit) as exit_info:
         main(["sample", str(run / "soups" / "greedy-soup"), "--max-new-tokens", "4", "--prompt", "the"])
@@ -98,11 +120,11 @@ def test_rerun_after_interruption_continues_where_it_stopped(tmp_path: Path, mon
     real_finetune = pipeline_run._finetune
     calls: list[str] = []
 
-    def crash_on_second(finetune: Any, run_config: dict[str, Any]) -> dict[str, Any]:
+    def crash_on_second(finetune: Any, run_config: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
         calls.append(run_config["ingredient"])
         if len(calls) == 2:
             raise KeyboardInterrupt  # as if killed during the second ingredient
-        return real_finetune(finetune, run_config)
+        return real_finetune(finetune, run_config, **kwargs)
 
     monkeypatch.setattr(pipeline_run, "_finetune", crash_on_second)
     with pytest.raises(KeyboardInterrupt):
@@ -115,13 +137,13 @@ def test_rerun_after_interruption_continues_where_it_stopped(tmp_path: Path, mon
 
     calls.clear()
 
-    def record(finetune: Any, run_config: dict[str, Any]) -> dict[str, Any]:
+    def record(finetune: Any, run_config: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
         calls.append(run_config["ingredient"])
-        return real_finetune(finetune, run_config)
+        return real_finetune(finetune, run_config, **kwargs)
 
     monkeypatch.setattr(pipeline_run, "_finetune", record)
     run_pipeline(config)
-    assert calls == ["ingredient-2", "mixed"]  # finished steps are not redone
+    assert calls == ["ingredient-2", "mixed", "compute-matched"]  # finished steps are not redone
     assert {p.stem: p.stat().st_mtime_ns for p in steps.glob("*.json") if p.stem in marks} == marks
     assert sorted((tmp_path / "run" / "stage1" / "checkpoints").iterdir()) == stage1_ckpt
     assert (tmp_path / "run" / "report.json").is_file()
@@ -133,6 +155,7 @@ def test_one_ingredient_from_an_existing_stage1_is_a_soup_of_one(tmp_path: Path)
     data["stage2"]["init_from"] = str(stage1)
     data["stage2"]["ingredients"] = [{"seed": 1}]
     data["report"] = {"samples": 0}
+    data["soup"] = {"trajectory": []}
     report = run_pipeline(validate_config(PipelineConfig, data))
     by_name = {m["name"]: m for m in report["models"]}
     assert "stage1" in by_name and "ingredient-1" in by_name

@@ -10,11 +10,16 @@ import torch
 from microgpt.cli.main import main
 from microgpt.common.checkpoint import load_weights, read_meta, resolve_checkpoint
 from microgpt.common.errors import MicrogptError
+from microgpt.common.sources import TextSource
+from microgpt.data import prepare_data
+from microgpt.data.config import DataConfig
 from microgpt.model.finetune import FinetuneTrainer, ancestor_id, checkpoint_id
 from microgpt.pipeline.evaluate import evaluate_split, load_gpt
-from microgpt.pipeline.soups import make_soups
+from microgpt.pipeline.soups import last_checkpoints, make_soups, make_trajectory_soup
+from microgpt.tokenizer import Tokenizer
 from tests.model.test_finetune import (
     _restore_threads,  # noqa: F401  (autouse fixture, found by name)
+    documents,
     finetune,
     make_stage1,
     make_stage2_data,
@@ -101,9 +106,130 @@ def test_soup_cli_and_its_refusals(
     assert (tmp_path / "s" / "greedy-soup" / "checkpoints").is_dir()
     with pytest.raises(SystemExit) as exit_info:
         main(["soup", str(kitchen["ingredient-1"]), "--out", str(tmp_path / "g"), "--recipe", "greedy"])
-    assert exit_info.value.code == 1
-    assert "needs a data folder" in capsys.readouterr().err
+    assert exit_info.value.code == 2  # a missing option is a usage error
+    assert "pass a prepared data folder (--data)" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_info:
         main(["soup", str(tmp_path / "missing"), "--out", str(tmp_path / "m"), "--recipe", "uniform"])
     assert exit_info.value.code == 1
     assert "checkpoint not found" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def trajectory_run(kitchen: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 4-step fine-tune that keeps a checkpoint at every step."""
+    root = tmp_path_factory.mktemp("trajectory")
+    trainer = finetune((kitchen["stage1"], kitchen["data"]), root / "run", max_steps=4)
+    train = trainer.finetune.train.model_copy(update={"checkpoint_interval": 1, "keep_last": 0})
+    FinetuneTrainer(trainer.finetune.model_copy(update={"train": train})).fit()
+    return root / "run"
+
+
+def test_trajectory_soup_is_the_mean_of_the_saved_checkpoints(trajectory_run: Path, tmp_path: Path) -> None:
+    last = last_checkpoints(trajectory_run, 3)
+    assert [read_meta(p)["step"] for p in last] == [2, 3, 4]
+    outcome = make_trajectory_soup(last, out_dir=tmp_path, name="lawa")
+    soup = load_weights(outcome.checkpoint)
+    states = [load_weights(p) for p in last]
+    for key, value in soup.items():
+        torch.testing.assert_close(value, (states[0][key] + states[1][key] + states[2][key]) / 3)
+    assert read_meta(outcome.checkpoint)["soup"]["settings"] == {"steps": [2, 3, 4]}
+
+
+def test_parent_recipes_choose_on_val_and_record_it(kitchen: dict[str, Path], tmp_path: Path) -> None:
+    outcomes = make_soups(
+        ingredients(kitchen),
+        out_dir=tmp_path,
+        recipes=["model-stock", "task-arithmetic", "ties"],
+        data_dir=kitchen["data"],
+        parent=kitchen["stage1"],
+        lambdas=[0.5, 1.0],
+        densities=[0.5, 1.0],
+    )
+    task = outcomes["task-arithmetic"]
+    assert [g[0] for g in task.grid] == ["lambda=0.5", "lambda=1"]
+    assert task.val_loss == min(loss for _, loss in task.grid)
+    assert len(outcomes["ties"].grid) == 4 and outcomes["ties"].val_loss == min(g[1] for g in outcomes["ties"].grid)
+    assert 0.0 <= outcomes["model-stock"].settings["mean_ratio"] <= 1.0
+    # What the grid says the chosen soup scores is what the saved soup scores.
+    saved = evaluate_split(load_gpt(task.checkpoint), kitchen["data"], "val").loss
+    assert saved == pytest.approx(task.val_loss)
+    assert read_meta(task.checkpoint)["soup"]["settings"] == task.settings
+    assert {p.name for p in tmp_path.iterdir()} == {"model-stock", "task-arithmetic", "ties"}
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["-r", "model-stock"], "needs the checkpoint the ingredients were fine-tuned from (--parent)"),
+        (["-r", "task-arithmetic", "--parent", "{stage1}", "--data", "{data}", "--lambdas", "0.5,2.5"], "--lambdas"),
+        (["-r", "ties", "--parent", "{stage1}", "--data", "{data}", "--densities", "0"], "--densities"),
+        (["-r", "ties", "--parent", "{stage1}"], "--data"),
+        (["-r", "stock"], "unknown recipe 'stock'"),
+    ],
+)
+def test_soup_cli_refuses_bad_recipe_settings(
+    kitchen: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: list[str], message: str
+) -> None:
+    fill = {"{stage1}": str(kitchen["stage1"]), "{data}": str(kitchen["data"])}
+    args = ["soup", *map(str, ingredients(kitchen)), "--out", str(tmp_path / "s"), *[fill.get(a, a) for a in extra]]
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err
+    assert not (tmp_path / "s").exists()
+
+
+def test_soup_cli_refusals_that_need_the_checkpoints(
+    kitchen: dict[str, Path], trajectory_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "s"
+    cases = [
+        (
+            ["soup", str(kitchen["ingredient-1"]), "-r", "model-stock", "--parent", str(kitchen["stage1"])],
+            2,
+            "at least 2",
+        ),
+        (["soup", str(kitchen["ingredient-1"]), str(trajectory_run), "-r", "trajectory"], 2, "one training run"),
+        (["soup", str(trajectory_run), "-r", "trajectory", "--last", "9"], 1, "needs 9, found"),
+        (["soup", str(kitchen["ingredient-1"]), str(kitchen["ingredient-1"]), "-r", "uniform"], 1, "same checkpoint"),
+        # The parent of a recipe must be the checkpoint the ingredients started from.
+        (["soup", *map(str, ingredients(kitchen)), "-r", "model-stock", "--parent", str(trajectory_run)], 1, "was not"),
+    ]
+    for args, code, message in cases:
+        with pytest.raises(SystemExit) as exit_info:
+            main([*args, "--out", str(out)])
+        err = capsys.readouterr().err
+        assert exit_info.value.code == code, (args, err)
+        assert message in err and err.count("\n") == 1, (args, err)
+        assert not out.exists()
+
+
+def test_soup_cli_refuses_to_replace_a_soup_unless_told(
+    kitchen: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "s"
+    base = ["soup", *map(str, ingredients(kitchen)), "--out", str(out), "-r", "uniform"]
+    with pytest.raises(SystemExit):
+        main(base)
+    saved = {p: p.read_bytes() for p in (out / "uniform-soup").rglob("*") if p.is_file()}
+    with pytest.raises(SystemExit) as exit_info:
+        main(["soup", *map(str, ingredients(kitchen)[:2]), "--out", str(out), "-r", "uniform"])
+    assert exit_info.value.code == 1
+    assert "--overwrite" in capsys.readouterr().err
+    assert {p: p.read_bytes() for p in (out / "uniform-soup").rglob("*") if p.is_file()} == saved
+    with pytest.raises(SystemExit) as exit_info:
+        main(["soup", *map(str, ingredients(kitchen)[:2]), "--out", str(out), "-r", "uniform", "--overwrite"])
+    assert exit_info.value.code == 0
+    assert len(read_meta(resolve_checkpoint(out / "uniform-soup"))["soup"]["chosen"]) == 2
+
+
+def test_soup_refuses_selection_data_of_another_tokenizer(kitchen: dict[str, Path], tmp_path: Path) -> None:
+    other = Tokenizer.train(documents(3), vocab_size=280)
+    other_data = tmp_path / "other-data"
+    prepare_data(
+        DataConfig(sources=[TextSource(texts=documents(7))], val_docs=3, test_docs=3, workers=1), other, other_data
+    )
+    with pytest.raises(MicrogptError, match="tokenized with .* not the ingredients' tokenizer"):
+        make_soups(ingredients(kitchen), out_dir=tmp_path / "s", recipes=["greedy"], data_dir=other_data)
+    assert not (tmp_path / "s").exists()

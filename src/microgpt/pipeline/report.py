@@ -6,9 +6,12 @@
      "models": [{"name": "stage1", "test_loss": 4.91, "test_bpb": 1.73, ...}, ...],
      ...}
 
-Model names are ``stage1``, ``ingredient-1`` … ``ingredient-N``, ``best-ingredient``, ``uniform-soup`` and
-``greedy-soup``. Test figures come from the held-out test split that greedy selection never saw; ``val_loss``
-is the selection split's loss (what the greedy recipe optimised), shown so the two can be compared.
+Model names are ``stage1``, ``ingredient-1`` … ``ingredient-N``, ``best-ingredient``, ``compute-matched`` (one
+fine-tune given the ingredients' summed steps), and one per soup recipe: ``uniform-soup``, ``greedy-soup``,
+``model-stock``, ``task-arithmetic``, ``ties``, ``trajectory-<run>``. Test figures come from the held-out test
+split that no training and no selection ever saw; ``val_loss`` is the selection split's loss (what greedy
+selection, the λ/density grids and the baseline's checkpoint choice optimised), shown so the two can be compared.
+``stage2_steps``/``stage2_tokens`` are the stage-2 training a model cost (a soup costs all its ingredients).
 """
 
 from __future__ import annotations
@@ -40,6 +43,9 @@ class ModelScore:
         checkpoint: The checkpoint directory evaluated.
         note: A short remark (which ingredient is best, what a soup holds).
         hellaswag_acc_norm: HellaSwag accuracy (length-normalised), when it was measured.
+        hellaswag_se: The standard error of that accuracy, ``sqrt(p(1 − p) / n)``.
+        stage2_steps: Stage-2 optimizer steps spent to make this model (a soup: all its ingredients').
+        stage2_tokens: Stage-2 training tokens spent to make it.
     """
 
     name: str
@@ -49,6 +55,9 @@ class ModelScore:
     checkpoint: str
     note: str = ""
     hellaswag_acc_norm: float | None = None
+    hellaswag_se: float | None = None
+    stage2_steps: int = 0
+    stage2_tokens: int = 0
 
 
 @dataclass
@@ -105,16 +114,21 @@ def render_markdown(report: Report, plots: Sequence[str]) -> str:
     lines.append("## Held-out test split (never seen by training or greedy selection)")
     lines.append("")
     show_hs = any(m.hellaswag_acc_norm is not None for m in report.models)
-    header = "| model | test loss (nats/token) | test bits/byte | val loss (selection) |"
-    rule = "| --- | ---: | ---: | ---: |"
+    header = "| model | test loss (nats/token) | test bits/byte | val loss (selection) | stage-2 steps |"
+    header += " stage-2 tokens |"
+    rule = "| --- | ---: | ---: | ---: | ---: | ---: |"
     if show_hs:
-        header += " HellaSwag acc_norm |"
+        header += " HellaSwag acc_norm ± se |"
         rule += " ---: |"
     lines += [header + " note |", rule + " --- |"]
     for m in report.models:
-        row = f"| {m.name} | {m.test_loss:.4f} | {m.test_bpb:.4f} | {m.val_loss:.4f} |"
+        row = f"| {m.name} | {m.test_loss:.4f} | {m.test_bpb:.4f} | {m.val_loss:.4f} | {m.stage2_steps:,} |"
+        row += f" {m.stage2_tokens:,} |"
         if show_hs:
-            row += f" {m.hellaswag_acc_norm:.4f} |" if m.hellaswag_acc_norm is not None else " – |"
+            if m.hellaswag_acc_norm is not None:
+                row += f" {m.hellaswag_acc_norm:.3f} ± {m.hellaswag_se or 0.0:.3f} |"
+            else:
+                row += " – |"
         lines.append(row + f" {m.note} |")
     lines.append("")
     if report.notes:

@@ -7,7 +7,10 @@ Steps, in order, with their outputs under ``out_dir``::
     stage1         stage1/checkpoints/               pretraining (resumes from its last checkpoint)
     stage2-data    stage2/data/ (+ data-<name>/)     the high-quality text: train / val / test
     <ingredient>   stage2/<name>/checkpoints/        one fine-tuning run per ingredient (each resumes)
-    soups          soups/uniform-soup, greedy-soup   selection on stage-2 val
+    compute-matched  stage2/compute-matched/         one fine-tune given the ingredients' summed steps (resumes)
+    compute-matched-select                           its checkpoint with the lowest stage-2 val loss
+    soups          soups/<recipe>/                   uniform, greedy, model-stock, task-arithmetic, ties,
+                                                     trajectory-<run>; every choice made on stage-2 val
     eval-<model>   steps/eval-<model>.json           test (and val) loss and bits per byte of every model
     report         report.md, report.json, *.png     always redrawn (cheap)
 
@@ -41,7 +44,7 @@ from microgpt.common.log import get_logger
 from microgpt.common.sources import FileSource, expand_paths, source_label
 from microgpt.data.config import DataConfig
 from microgpt.model.finetune import TOKENIZER_DIR, FinetuneConfig, FinetuneTrainer
-from microgpt.pipeline.config import PipelineConfig
+from microgpt.pipeline.config import COMPUTE_MATCHED, PipelineConfig
 from microgpt.pipeline.scoring import score_models, write_pipeline_report
 from microgpt.tokenizer import Tokenizer
 
@@ -211,11 +214,17 @@ def _run(config: PipelineConfig, run_dir: Path, dist: DistInfo) -> dict[str, Any
     steps.run("stage2-data", lambda: _prepare_stage2(config, tokenizer, data_dir))
     ingredients: dict[str, Path] = {}
     curves: dict[str, Path] = {}
+    trained: dict[str, dict[str, Any]] = {}
+    trajectory_runs = config.trajectory_runs
     for name, ingredient in zip(config.stage2.ingredient_names, config.stage2.ingredients, strict=True):
+        keep_last = config.stage2.train.keep_last
+        if name in trajectory_runs and keep_last != 0:
+            keep_last = max(keep_last, config.soup.trajectory_last)  # its last checkpoints make a trajectory soup
         train = config.stage2.train.model_copy(
             update={
                 "lr": ingredient.lr or config.stage2.train.lr,
                 "max_steps": ingredient.max_steps or config.stage2.train.max_steps,
+                "keep_last": keep_last,
             }
         )
         finetune = FinetuneConfig(
@@ -228,16 +237,38 @@ def _run(config: PipelineConfig, run_dir: Path, dist: DistInfo) -> dict[str, Any
             data_seed=ingredient.data_seed,
         )
         run_config = {"pipeline": config.to_dict(), "ingredient": name, "finetune": finetune.to_dict()}
-        steps.run(name, partial(_finetune, finetune, run_config), all_ranks=True)
+        trained[name] = steps.run(name, partial(_finetune, finetune, run_config), all_ranks=True)
         ingredients[name] = resolve_checkpoint(stage2_dir / name)
         curves[name] = stage2_dir / name / "metrics.jsonl"
 
+    # ---- the compute-matched baseline: the same steps in one fine-tune (all ranks train; rank 0 selects) ----
+    baseline: dict[str, Any] | None = None
+    if config.stage2.compute_matched.enabled:
+        from microgpt.pipeline.baseline import baseline_config, baseline_lr, select_checkpoint
+
+        lr, lr_from = baseline_lr(config, trained)
+        finetune = baseline_config(config, parent, data_dir, lr)
+        run_config = {"pipeline": config.to_dict(), "ingredient": COMPUTE_MATCHED, "finetune": finetune.to_dict()}
+        trained[COMPUTE_MATCHED] = steps.run(
+            COMPUTE_MATCHED, partial(_finetune, finetune, run_config, lr_from=lr_from), all_ranks=True
+        )
+        baseline = steps.run(
+            f"{COMPUTE_MATCHED}-select",
+            lambda: select_checkpoint(
+                finetune.out_dir, data_dir, batch_size=config.eval.batch_size, max_batches=config.eval.max_batches
+            ),
+        )
+        curves[COMPUTE_MATCHED] = finetune.out_dir / "metrics.jsonl"
+
     # ---- soups, evaluation, report: rank 0 ----
-    soups: dict[str, Any] = steps.run("soups", lambda: _make_soups(config, ingredients, data_dir, run_dir / "soups"))
+    soups: dict[str, Any] = steps.run(
+        "soups", lambda: _make_soups(config, ingredients, parent, data_dir, stage2_dir, run_dir / "soups")
+    )
     models = {"stage1": parent, **ingredients}
-    for recipe in ("uniform", "greedy"):
-        if recipe in soups.get("soups", {}):
-            models[f"{recipe}-soup"] = Path(soups["soups"][recipe]["checkpoint"])
+    if baseline is not None:
+        models[COMPUTE_MATCHED] = Path(baseline["checkpoint"])
+    for soup_name, outcome in soups.get("soups", {}).items():
+        models[soup_name] = Path(outcome["checkpoint"])
     scores = {
         name: steps.run(f"eval-{name}", partial(score_models, config, path, data_dir)) for name, path in models.items()
     }
@@ -254,6 +285,8 @@ def _run(config: PipelineConfig, run_dir: Path, dist: DistInfo) -> dict[str, Any
             invocation_s=time.perf_counter() - started,
             stage1_metrics=None if config.stage2.init_from is not None else run_dir / "stage1" / "metrics.jsonl",
             ingredient_metrics=curves,
+            trained=trained,
+            baseline=baseline,
         )
     barrier()
     return report
@@ -300,8 +333,12 @@ def _trained(result: Any) -> dict[str, Any]:
     }
 
 
-def _finetune(config: FinetuneConfig, run_config: dict[str, Any]) -> dict[str, Any]:
-    return _trained(FinetuneTrainer(config, run_config).fit())
+def _finetune(config: FinetuneConfig, run_config: dict[str, Any], lr_from: str | None = None) -> dict[str, Any]:
+    result = _trained(FinetuneTrainer(config, run_config).fit())
+    result.update({"lr": config.train.lr, "max_steps": config.train.max_steps, "batch_size": config.train.batch_size})
+    if lr_from is not None:
+        result["lr_from"] = lr_from
+    return result
 
 
 def _mix_dir(stage2_dir: Path, name: str) -> Path:
@@ -318,9 +355,10 @@ def _prepare_stage2(config: PipelineConfig, tokenizer: Tokenizer, data_dir: Path
     for name, ingredient in zip(config.stage2.ingredient_names, config.stage2.ingredients, strict=True):
         if ingredient.weights is None:
             continue
-        sources = [
+        sources = [  # a weight of 0 leaves the source out of this ingredient's train split (a domain expert)
             source.model_copy(update={"weight": weight})
             for source, weight in zip(config.stage2.data.sources, ingredient.weights, strict=True)
+            if weight > 0
         ]
         # Fraction splits hash each document, so a re-weighted stream keeps every val/test document out of train.
         prepare_data(config.stage2.data.model_copy(update={"sources": sources}), tokenizer, _mix_dir(stage2_dir, name))
@@ -328,37 +366,51 @@ def _prepare_stage2(config: PipelineConfig, tokenizer: Tokenizer, data_dir: Path
     return result
 
 
-def _make_soups(config: PipelineConfig, ingredients: dict[str, Path], data_dir: Path, out: Path) -> dict[str, Any]:
-    from microgpt.pipeline.soups import Recipe, make_soups
+def _make_soups(
+    config: PipelineConfig,
+    ingredients: dict[str, Path],
+    parent: Path,
+    data_dir: Path,
+    stage2_dir: Path,
+    out: Path,
+) -> dict[str, Any]:
+    """Every recipe the config turns on; the pipeline's own soups folder is rewritten when this step reruns."""
+    from microgpt.pipeline.soups import last_checkpoints, make_soups, make_trajectory_soup, soup_dir_name
 
-    recipes: list[Recipe] = []
-    if config.soup.uniform:
-        recipes.append("uniform")
-    if config.soup.greedy:
-        recipes.append("greedy")
-    if not recipes:
-        return {"soups": {}}
-    outcomes = make_soups(
-        list(ingredients.values()),
-        out_dir=out,
-        recipes=recipes,
-        names=list(ingredients),
-        weights=config.soup.weights,
-        data_dir=data_dir,
-        batch_size=config.eval.batch_size,
-        max_batches=config.eval.max_batches,
-    )
-    return {
-        "soups": {
-            recipe: {
-                "checkpoint": str(o.checkpoint),
-                "chosen": o.chosen,
-                "val_loss": o.val_loss,
-                "trace": [list(t) for t in o.trace],
-            }
-            for recipe, o in outcomes.items()
-        }
-    }
+    soup, made = config.soup, {}
+    recipes = soup.recipes
+    if len(ingredients) < 2 and "model-stock" in recipes:
+        log.warning("soup.model_stock: one ingredient has no angle to measure; no Model Stock soup")
+        recipes = [r for r in recipes if r != "model-stock"]
+    if recipes:
+        outcomes = make_soups(
+            list(ingredients.values()),
+            out_dir=out,
+            recipes=recipes,  # type: ignore[arg-type]
+            names=list(ingredients),
+            weights=soup.weights,
+            data_dir=data_dir,
+            parent=parent,
+            lambdas=soup.lambdas,
+            densities=soup.densities,
+            batch_size=config.eval.batch_size,
+            max_batches=config.eval.max_batches,
+            overwrite=True,
+        )
+        made = {soup_dir_name(o.recipe): o.to_dict() for o in outcomes.values()}
+    for run in config.trajectory_runs:
+        name = f"trajectory-{run}"
+        outcome = make_trajectory_soup(
+            last_checkpoints(stage2_dir / run, soup.trajectory_last),
+            out_dir=out,
+            name=name,
+            data_dir=data_dir,
+            batch_size=config.eval.batch_size,
+            max_batches=config.eval.max_batches,
+            overwrite=True,
+        )
+        made[name] = {**outcome.to_dict(), "run": run}
+    return {"soups": made}
 
 
 def describe(config: PipelineConfig) -> str:
@@ -367,6 +419,11 @@ def describe(config: PipelineConfig) -> str:
         "out_dir": str(config.out_dir),
         "stage1": "reuse " + str(config.stage2.init_from) if config.stage2.init_from else "pretrain",
         "ingredients": config.stage2.ingredient_names,
-        "soups": [r for r, on in (("uniform", config.soup.uniform), ("greedy", config.soup.greedy)) if on],
+        "compute_matched": (
+            f"{sum(config.stage2.ingredient_steps().values())} steps"
+            if config.stage2.compute_matched.enabled
+            else "off"
+        ),
+        "soups": config.soup.recipes + [f"trajectory-{run}" for run in config.trajectory_runs],
     }
     return yaml.safe_dump(plan, sort_keys=False)
