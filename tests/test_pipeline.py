@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,7 @@ import yaml
 from microgpt.cli.main import main
 from microgpt.common.config import load_config, validate_config
 from microgpt.common.errors import ConfigError, MicrogptError
+from microgpt.data import Manifest
 from microgpt.pipeline import run as pipeline_run
 from microgpt.pipeline.config import PipelineConfig
 from microgpt.pipeline.run import run_pipeline
@@ -48,7 +50,7 @@ def tiny_config(out_dir: Path, **changes: Any) -> dict[str, Any]:
             "ingredients": [
                 {"seed": 1, "data_seed": 1},
                 {"seed": 2, "data_seed": 2, "lr": 3e-3},
-                {"name": "mixed", "seed": 3, "data_seed": 3, "weights": [2.0, 0.5]},
+                {"name": "mixed", "seed": 3, "data_seed": 3, "weights": [2.0, 0.0]},  # 0: source b left out
             ],
         },
         "eval": {"batch_size": 4},
@@ -80,8 +82,10 @@ def test_tiny_pipeline_end_to_end(tmp_path: Path) -> None:
         "trajectory-compute-matched",
     ]
     assert saved["wall_time_s"] > 0 and report["wall_time_s"] == saved["wall_time_s"]
-    for model in saved["models"]:
-        assert model["test_loss"] > 0 and model["test_bpb"] > 0
+    test_split = Manifest.load(run / "stage2" / "data")  # every model is scored on the one stage-2 test split
+    per_byte = test_split.split_tokens("test") / test_split.split_bytes("test") / math.log(2)
+    for model in saved["models"]:  # bits per byte = nats/token × the split's tokens per byte / ln 2
+        assert model["test_bpb"] == pytest.approx(model["test_loss"] * per_byte, rel=1e-9)
     by_name = {m["name"]: m for m in saved["models"]}
     # Greedy selection optimises val: never worse there than the best ingredient (the recipe's guarantee).
     best_val = min(by_name[n]["val_loss"] for n in ("ingredient-1", "ingredient-2", "mixed"))
@@ -179,12 +183,42 @@ def test_missing_stage_field_is_a_config_error_before_any_work(tmp_path: Path) -
         validate_config(PipelineConfig, data)
 
 
+def test_per_source_ingredients_are_one_line(tmp_path: Path) -> None:
+    data = tiny_config(tmp_path / "run")
+    data["stage2"]["ingredients"] = "per-source"
+    data["soup"] = {"trajectory": []}
+    config = validate_config(PipelineConfig, data)
+    assert config.stage2.ingredient_names == ["a", "b"]
+    assert [ing.weights for ing in config.stage2.ingredients] == [[1.0, 0.0], [0.0, 1.0]]
+    assert len({(ing.seed, ing.data_seed) for ing in config.stage2.ingredients}) == 2
+    del data["stage2"]["data"]["sources"][1]["name"]
+    with pytest.raises(ConfigError, match=r"per-source needs a name on every source \(data.sources.1\)"):
+        validate_config(PipelineConfig, data)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"soup": {"lambdas": [0.5, 2.5]}}, "lambdas values must lie in"),
+        ({"soup": {"densities": [0.0]}}, "densities values must lie in"),
+        ({"soup": {"trajectory": ["nobody"]}}, "unknown run 'nobody'"),
+        ({"soup": {"trajectory": ["ingredient-1"]}}, "ingredient-1 saves 2 checkpoint"),
+        ({"soup": {"trajectory_last": 1}}, "trajectory_last"),
+    ],
+)
+def test_bad_soup_settings_are_refused_before_any_work(tmp_path: Path, change: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        validate_config(PipelineConfig, tiny_config(tmp_path / "run", **change))
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [
         ({"test_fraction": 0.0}, "test split"),
         ({"ingredients": []}, "ingredients"),
         ({"ingredients": [{"weights": [1.0]}]}, "weights has 1 entries for 2"),
+        ({"ingredients": [{"weights": [0.0, 0.0]}]}, "at least one positive"),
+        ({"ingredients": [{"name": "compute-matched"}]}, "the baseline's name"),
         ({"ingredients": [{"name": "x"}, {"name": "x"}]}, "unique"),
         ({"val_docs": 2}, "need hash splits"),
     ],

@@ -126,7 +126,8 @@ def findings(rows: dict[str, ModelScore], n_ingredients: int, soups: dict[str, A
         )
         notes.append(summary)
         notes.append(
-            f"The soup a user would ship (lowest val loss) is {winner.name}: " + _versus(winner, baseline, "it")
+            f"The soup a user would ship (lowest val loss) is {winner.name}: "
+            + _versus(winner, baseline, "the compute-matched baseline")
         )
         if best_test.name != winner.name:
             notes.append(
