@@ -1,5 +1,10 @@
 """The torchrun environment in one small object, and process-group set-up (gloo on CPU, NCCL on GPU).
 
+Collectives time out after ``MICROGPT_DIST_TIMEOUT`` seconds (default 600). Work only rank 0 does — preparing a
+corpus of gigabytes can take an hour — runs through :func:`run_on_main`: the other ranks wait on the process
+group's key-value store with no timeout instead of sitting in a barrier that would expire (the NCCL watchdog only
+watches collectives). :func:`check_shared_dir` refuses a multi-node run whose ranks do not share ``out_dir``.
+
 torch is imported inside the functions that need it: the logger reads :class:`DistInfo`, and commands that never
 touch a model (``microgpt tokenizer ...``, ``microgpt data ...``) should not pay torch's ~1 s import.
 """
@@ -7,15 +12,27 @@ touch a model (``microgpt tokenizer ...``, ``microgpt data ...``) should not pay
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+import secrets
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from microgpt.common.errors import MicrogptError
 
 if TYPE_CHECKING:
     import torch
+
+T = TypeVar("T")
+
+TIMEOUT_ENV = "MICROGPT_DIST_TIMEOUT"
+DEFAULT_TIMEOUT_S = 600.0
+# How long ranks wait for rank 0's own work: "no timeout" in practice (store waits need a finite duration).
+# If rank 0 fails with an exception it tells them at once; if its process dies, torchrun stops the job.
+MAIN_WORK_WAIT = timedelta(days=7)
+_SHARED_MARKER = ".microgpt-rank0"
+_calls = 0  # run_on_main calls so far; every rank makes the same calls in the same order, so keys match
 
 
 @dataclass(frozen=True)
@@ -66,20 +83,40 @@ class DistInfo:
         return info
 
 
+def collective_timeout(env: Mapping[str, str] | None = None) -> timedelta:
+    """The process group's timeout for collectives: ``MICROGPT_DIST_TIMEOUT`` seconds, default 600.
+
+    Raises:
+        MicrogptError: When the variable is not a positive number.
+    """
+    env = os.environ if env is None else env
+    raw = env.get(TIMEOUT_ENV, "")
+    try:
+        seconds = float(raw) if raw else DEFAULT_TIMEOUT_S
+    except ValueError:
+        seconds = -1.0
+    if not seconds > 0:
+        raise MicrogptError(f"environment variable {TIMEOUT_ENV}={raw!r} must be a positive number of seconds")
+    return timedelta(seconds=seconds)
+
+
 def init_distributed(info: DistInfo, device: torch.device) -> None:
     """Join the process group when running under torchrun with more than one process (no-op otherwise).
 
-    The backend is NCCL for CUDA devices and gloo for everything else.
+    The backend is NCCL for CUDA devices (bound to this rank's GPU with ``device_id``, which lets NCCL set up its
+    communicator eagerly and skips a guess from the rank) and gloo for everything else.
     """
     import torch
     import torch.distributed as torch_dist
 
     if not info.is_distributed or torch_dist.is_initialized():
         return
-    backend = "nccl" if device.type == "cuda" else "gloo"
+    timeout = collective_timeout()
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    torch_dist.init_process_group(backend=backend, timeout=timedelta(minutes=10))
+        torch_dist.init_process_group(backend="nccl", timeout=timeout, device_id=device)
+    else:
+        torch_dist.init_process_group(backend="gloo", timeout=timeout)
 
 
 def destroy_distributed() -> None:
@@ -96,3 +133,110 @@ def barrier() -> None:
 
     if torch_dist.is_available() and torch_dist.is_initialized():
         torch_dist.barrier()
+
+
+def _store() -> Any:
+    """The default process group's key-value store (the TCPStore torchrun's rendezvous made)."""
+    import torch.distributed as torch_dist
+
+    return torch_dist.distributed_c10d._get_default_store()
+
+
+def run_on_main(what: str, work: Callable[[], T]) -> T | None:
+    """Run ``work`` on rank 0 while the other ranks wait for it without a collective timeout.
+
+    A barrier would kill the job when rank 0's work (tokenizing a large corpus, say) outlasts the process group's
+    timeout. Here the waiting ranks block on a key of the process group's store instead, which rank 0 sets when
+    ``work`` returns — or sets to its error message when it raises, so every rank stops with the same one line.
+    In a single process this is just ``work()``. Every rank must call it, in the same order, after
+    :func:`init_distributed`.
+
+    Args:
+        what: What rank 0 is doing, for the error message (``"preparing the data"``).
+        work: The work; its result stays on rank 0 (share it through the file system).
+
+    Returns:
+        ``work()``'s result on rank 0; None on the other ranks.
+
+    Raises:
+        MicrogptError: On the waiting ranks, when rank 0's work failed. Rank 0 re-raises its own error.
+
+    >>> tokenizer = run_on_main("preparing the data", lambda: prepare(config))  # doctest: +SKIP
+    """
+    import torch.distributed as torch_dist
+
+    global _calls
+    if not (torch_dist.is_available() and torch_dist.is_initialized()):
+        # Under torchrun without a process group every rank would do rank 0's work (and race on its files).
+        assert not DistInfo.from_env().is_distributed, "run_on_main needs init_distributed first under torchrun"
+        return work()
+    if torch_dist.get_world_size() == 1:
+        return work()
+    _calls += 1
+    key = f"microgpt/run_on_main/{_calls}"
+    store = _store()
+    if torch_dist.get_rank() == 0:
+        try:
+            result = work()
+        except BaseException as error:
+            text = str(error).splitlines()[0] if str(error) else type(error).__name__
+            store.set(key, f"error:{text}")
+            raise
+        store.set(key, "ok")
+        return result
+    store.wait([key], MAIN_WORK_WAIT)
+    answer = store.get(key).decode()
+    if answer.startswith("error:"):
+        raise MicrogptError(f"rank 0 failed while {what}: {answer.removeprefix('error:')}")
+    return None
+
+
+def broadcast_object(value: T) -> T:
+    """Return rank 0's ``value`` on every rank (unchanged in a single process); every rank must call it."""
+    import torch.distributed as torch_dist
+
+    if not (torch_dist.is_available() and torch_dist.is_initialized()):
+        return value
+    box: list[Any] = [value]
+    torch_dist.broadcast_object_list(box, src=0)
+    return box[0]  # type: ignore[no-any-return]  # rank 0 sent a T
+
+
+def check_shared_dir(path: Path) -> None:
+    """Refuse a run whose ranks do not see one shared ``path`` (every node must mount the same ``out_dir``).
+
+    Rank 0 writes a random token into ``path``; each rank reads it back from its own ``path``. A rank on another
+    node with a local disk (or given another ``out_dir``) would otherwise train on data and resume from
+    checkpoints that rank 0 never wrote. No-op in a single process; every rank must call it.
+
+    Raises:
+        MicrogptError: On every rank, naming the ranks that do not see rank 0's folder.
+    """
+    import torch.distributed as torch_dist
+
+    if not (torch_dist.is_available() and torch_dist.is_initialized()) or torch_dist.get_world_size() == 1:
+        return
+    from microgpt.common.atomic import atomic_write_text
+
+    marker = Path(path) / _SHARED_MARKER
+    token = ""
+    if torch_dist.get_rank() == 0:
+        token = secrets.token_hex(16)
+        Path(path).mkdir(parents=True, exist_ok=True)
+        atomic_write_text(marker, token)
+    token, main_dir = broadcast_object((token, str(Path(path).resolve())))
+    try:
+        seen = marker.read_text(encoding="utf-8")
+    except OSError:
+        seen = ""
+    mine = "" if seen == token else str(Path(path).resolve())
+    everyone: list[Any] = [None] * torch_dist.get_world_size()
+    torch_dist.all_gather_object(everyone, mine)
+    strangers = [(rank, where) for rank, where in enumerate(everyone) if where]
+    if strangers:
+        rank, where = strangers[0]
+        others = f" (and {len(strangers) - 1} more rank(s))" if len(strangers) > 1 else ""
+        raise MicrogptError(
+            f"out_dir is not one folder shared by all ranks: rank {rank} sees {where}, which lacks rank 0's "
+            f"{main_dir}{others}; on several nodes put out_dir on a shared file system"
+        )

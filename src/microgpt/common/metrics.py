@@ -7,10 +7,12 @@ Only rank 0 constructs a :class:`MetricsLog`; other ranks get ``None`` and log n
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import io
 import json
 import math
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -144,3 +146,71 @@ def _open_backend(backend: Backend, out_dir: Path, run_name: str) -> Any:
     except ImportError:
         log.warning("%s is not installed; metrics go to metrics.jsonl only", backend)
         return None
+
+
+class Throughput:
+    """Training tokens per second between two log lines, leaving out the time that is not training.
+
+    Time inside :meth:`paused` (evaluation, samples, checkpoints) does not count, and the clock starts after the
+    run's first optimizer step (:meth:`restart`), which on CUDA includes ``torch.compile`` — so every rate is one
+    of steady training. Rates are reported for the whole job and per device; MFU is the per-device rate's model
+    FLOPs over one device's peak (:func:`microgpt.model.flops.estimate_mfu`), when both are known.
+
+    Args:
+        world_size: Processes (devices) sharing the tokens.
+        flops_per_token: Training FLOPs per token of the model, or None (no MFU).
+        peak_flops: One device's peak FLOP/s for the dtype used, or None (no MFU).
+        clock: Seconds from an arbitrary origin (``time.perf_counter``).
+    """
+
+    def __init__(
+        self,
+        world_size: int,
+        flops_per_token: float | None = None,
+        peak_flops: float | None = None,
+        clock: Any = None,
+    ) -> None:
+        """Start an interval now."""
+        import time
+
+        self.world_size = world_size
+        self.flops_per_token, self.peak_flops = flops_per_token, peak_flops
+        self._clock = clock or time.perf_counter
+        self.tokens, self.excluded = 0, 0.0
+        self.start = self._clock()
+
+    def restart(self) -> None:
+        """Begin a fresh interval (forget the tokens and time so far)."""
+        self.tokens, self.excluded, self.start = 0, 0.0, self._clock()
+
+    def add(self, tokens: int) -> None:
+        """Count ``tokens`` trained (all ranks together)."""
+        self.tokens += tokens
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """Leave the time spent inside the block out of the current interval."""
+        begin = self._clock()
+        try:
+            yield
+        finally:
+            self.excluded += self._clock() - begin
+
+    def record(self) -> dict[str, float]:
+        """The interval's rates, then start the next interval; empty when no token was counted since the start.
+
+        Returns:
+            ``tokens_per_sec`` (all devices), ``tokens_per_sec_per_device`` and, when computable, ``mfu``.
+        """
+        from microgpt.model.flops import estimate_mfu
+
+        elapsed = max(self._clock() - self.start - self.excluded, 1e-9)
+        tokens = self.tokens
+        self.restart()
+        if tokens == 0:
+            return {}
+        rate = tokens / elapsed
+        out = {"tokens_per_sec": rate, "tokens_per_sec_per_device": rate / self.world_size}
+        if self.flops_per_token and self.peak_flops:
+            out["mfu"] = estimate_mfu(self.flops_per_token, rate / self.world_size, self.peak_flops)
+        return out

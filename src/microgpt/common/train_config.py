@@ -51,6 +51,16 @@ class TrainConfig(ConfigBase):
         "but 15-20 s to compile per process, more than a short CPU run saves).",
     )
     threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's choice).")
+    deterministic: bool = Field(
+        False,
+        description="torch.use_deterministic_algorithms: bitwise-repeatable GPU runs and resumes, slower (an op "
+        "with no deterministic kernel stops the run naming it). CPU runs are deterministic without it.",
+    )
+    peak_flops: float | None = Field(
+        None,
+        gt=0.0,
+        description="One device's peak FLOP/s for MFU in metrics.jsonl; default from a table of GPUs (none on CPU).",
+    )
     progress: bool = Field(True, description="Show a progress bar on rank 0.")
     plot: bool = Field(True, description="Redraw loss.png at each evaluation.")
     metrics_backends: tuple[Backend, ...] = Field((), description="Extra metric sinks: tensorboard, wandb.")

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
@@ -38,11 +39,11 @@ from microgpt.common.checkpoint import (
     read_meta,
     restore_rng_state,
 )
-from microgpt.common.device import autocast_dtype, pick_device, seed_everything
-from microgpt.common.dist import DistInfo, barrier, destroy_distributed, init_distributed
+from microgpt.common.device import autocast_dtype, peak_flops, pick_device, seed_everything
+from microgpt.common.dist import DistInfo, barrier, broadcast_object, destroy_distributed, init_distributed
 from microgpt.common.errors import MicrogptError
 from microgpt.common.log import get_logger
-from microgpt.common.metrics import MetricsLog
+from microgpt.common.metrics import MetricsLog, Throughput
 from microgpt.common.optim import build_optimizers, set_learning_rate
 from microgpt.common.schedule import lr_multiplier
 from microgpt.common.train_config import TrainConfig
@@ -162,6 +163,11 @@ class Trainer(ABC):
         """Add files to a checkpoint being written (e.g. the tokenizer); the base adds none."""
         del directory
 
+    def flops_per_token(self, model: nn.Module) -> float | None:
+        """Training FLOPs per token of ``model`` for MFU (default: the model's ``flops_per_token()``, if any)."""
+        method = getattr(model, "flops_per_token", None)
+        return float(method()) if callable(method) else None
+
     def init_weights_from(self, model: nn.Module) -> None:
         """Load starting weights into a fresh model when not resuming (fine-tuning loads its parent's).
 
@@ -187,16 +193,24 @@ class Trainer(ABC):
             torch.set_num_threads(cfg.threads)
         joined = self.dist.is_distributed and not torch_dist.is_initialized()
         init_distributed(self.dist, self.device)
+        was_deterministic = torch.are_deterministic_algorithms_enabled()
+        if cfg.deterministic:  # GPU kernels with atomics (e.g. index_add in backward) otherwise vary run to run
+            if self.device.type == "cuda":  # cuBLAS needs a fixed workspace to be deterministic
+                os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            torch.use_deterministic_algorithms(True)
         try:
             return self._fit(started)
         finally:
+            torch.use_deterministic_algorithms(was_deterministic)
             if joined:
                 destroy_distributed()
 
     def _fit(self, started: float) -> TrainResult:
         cfg, dist, device = self.config, self.dist, self.device
         ckpt_root = self.out_dir / "checkpoints"
-        resume = latest_checkpoint(ckpt_root)
+        # Rank 0 decides whether and where to resume, so all ranks agree even if their views of out_dir differ.
+        found = latest_checkpoint(ckpt_root) if dist.is_main else None
+        resume = _agreed_resume(broadcast_object(str(found) if found is not None else None), dist)
         seed_everything(self.seed)  # identical init on every rank (DDP also broadcasts rank 0's weights)
         raw_model = self.build_model()
         if resume is not None:
@@ -250,7 +264,9 @@ class Trainer(ABC):
         )
         start_step, last_ckpt = step, resume
         pending: dict[str, Any] | None = None
-        interval_tokens, interval_start = 0, time.perf_counter()
+        throughput = Throughput(
+            dist.world_size, self.flops_per_token(raw_model), cfg.peak_flops or peak_flops(device, dtype)
+        )
         loss_value = math.nan
         try:
             while True:
@@ -259,33 +275,36 @@ class Trainer(ABC):
                 record = pending or {}
                 pending = None
                 evaluated = False
-                if not resumed_here and (last_step or _due(step, cfg.eval_interval)):
-                    full = last_step and cfg.final_eval_full
-                    val_loss = self._evaluate(model, None if full or cfg.eval_batches == 0 else cfg.eval_batches)
-                    val_bpb = self.bits_per_byte(val_loss)
-                    last_val, evaluated = (val_loss, val_bpb), True
-                    best_val = min(best_val, val_loss)
-                    record.update({"step": step, "tokens": tokens, "val_loss": val_loss, "val_bpb": val_bpb})
-                    bpb_text = f", {val_bpb:.4f} bits/byte" if val_bpb is not None else ""
-                    log.info("step %d: val loss %.4f%s", step, val_loss, bpb_text)
-                if metrics is not None and record:
-                    metrics.write(record)
-                    if evaluated and cfg.plot:
-                        metrics.plot()
-                if not resumed_here and cfg.sample_tokens and (last_step or _due(step, cfg.sample_interval)):
-                    self._log_sample(raw_model)
-                if not resumed_here and step > 0 and (last_step or _due(step, cfg.checkpoint_interval)):
-                    last_ckpt = self._save(
-                        writer, step, tokens, raw_model, optimizers, loader, best_val, last_val if evaluated else None
-                    )
-                    interval_start = time.perf_counter()  # keep eval and save time out of tokens/s
+                with throughput.paused():  # evaluation, samples and checkpoints stay out of tokens/s
+                    if not resumed_here and (last_step or _due(step, cfg.eval_interval)):
+                        full = last_step and cfg.final_eval_full
+                        val_loss = self._evaluate(model, None if full or cfg.eval_batches == 0 else cfg.eval_batches)
+                        val_bpb = self.bits_per_byte(val_loss)
+                        last_val, evaluated = (val_loss, val_bpb), True
+                        best_val = min(best_val, val_loss)
+                        record.update({"step": step, "tokens": tokens, "val_loss": val_loss, "val_bpb": val_bpb})
+                        bpb_text = f", {val_bpb:.4f} bits/byte" if val_bpb is not None else ""
+                        log.info("step %d: val loss %.4f%s", step, val_loss, bpb_text)
+                    if metrics is not None and record:
+                        metrics.write(record)
+                        if evaluated and cfg.plot:
+                            metrics.plot()
+                    if not resumed_here and cfg.sample_tokens and (last_step or _due(step, cfg.sample_interval)):
+                        self._log_sample(raw_model)
+                    if not resumed_here and step > 0 and (last_step or _due(step, cfg.checkpoint_interval)):
+                        val = last_val if evaluated else None
+                        last_ckpt = self._save(writer, step, tokens, raw_model, optimizers, loader, best_val, val)
                 if last_step:
                     break
 
                 # ---- one optimizer step: micro-steps with accumulation, clip, lr, step, zero_grad ----
                 loss_sum, step_tokens = self._train_step(model, raw_model, optimizers, loader, step, dtype, scaler)
                 tokens += step_tokens
-                interval_tokens += step_tokens
+                throughput.add(step_tokens)
+                if step == start_step:  # the first step compiles (on CUDA): start the clock after it
+                    if device.type == "cuda":
+                        torch.cuda.synchronize(device)
+                    throughput.restart()
                 step += 1
                 bar.update(1)
 
@@ -303,18 +322,20 @@ class Trainer(ABC):
                             "Lower train.lr or raise train.warmup_steps."
                         )
                 if log_due:
-                    elapsed = max(time.perf_counter() - interval_start, 1e-9)
-                    rate = interval_tokens / elapsed
+                    rates = throughput.record()  # empty for an interval of only the first step
                     pending = {
                         "step": step,
                         "tokens": tokens,
                         "train_loss": loss_value,
                         "lr": optimizers[0].param_groups[0]["lr"],
-                        "tokens_per_sec": rate,
+                        **rates,
                     }
-                    bar.set_postfix(loss=f"{loss_value:.4f}", tok_s=f"{rate:,.0f}", refresh=False)
-                    interval_tokens, interval_start = 0, time.perf_counter()
+                    rate = rates.get("tokens_per_sec_per_device")
+                    bar.set_postfix(loss=f"{loss_value:.4f}", tok_s=f"{rate or 0:,.0f}", refresh=False)
         finally:
+            close = getattr(loader, "close", None)
+            if callable(close):
+                close()  # stop a prefetch thread
             bar.close()
             if metrics is not None:
                 metrics.close()
@@ -519,6 +540,22 @@ class Trainer(ABC):
             log.info("saved %s", path)
         barrier()
         return path
+
+
+def _agreed_resume(path: str | None, dist: DistInfo) -> Path | None:
+    """Rank 0's resume decision, checked on this rank: a rank that cannot see that checkpoint has another out_dir.
+
+    Raises:
+        MicrogptError: When this rank does not see the checkpoint rank 0 resumes from.
+    """
+    if path is None:
+        return None
+    if not (Path(path) / "meta.json").is_file():
+        raise MicrogptError(
+            f"rank {dist.rank} cannot see {path}, the checkpoint rank 0 resumes from: every node needs the same "
+            "out_dir on a shared file system"
+        )
+    return Path(path)
 
 
 def _due(step: int, interval: int) -> bool:

@@ -288,18 +288,27 @@ class TokenLoader:
 
     # ---- evaluation ------------------------------------------------------------------------------------------
 
-    def eval_batches(self, max_batches: int | None = None) -> Iterator[Batch]:
+    def eval_batches(self, max_batches: int | None = None, *, pad: bool = False) -> Iterator[Batch]:
         """Iterate this rank's windows of the split in order (for validation/test), ignoring training position.
 
-        Every rank gets the same number of batches; the last batch may hold fewer than ``batch_size`` rows.
+        Every rank gets the same number of batches; the last batch may hold fewer than ``batch_size`` rows, unless
+        ``pad``: then it is filled up to ``batch_size`` with rows whose targets are all ``-1`` (the loss's
+        ``ignore_index``), so every batch has one shape and a compiled model is not recompiled for the last one.
+        Count targets with ``(y != -1).sum()``, not ``y.numel()``, when padding.
 
         Args:
             max_batches: Stop after this many batches (None: the whole split).
+            pad: Pad the last batch to ``batch_size`` rows of ignored targets.
         """
         windows = np.arange(self.windows_per_rank * self.world_size, dtype=np.int64)[self.rank :: self.world_size]
         count = 0
         for start in range(0, windows.size, self.batch_size):
             if max_batches is not None and count >= max_batches:
                 return
-            yield self._to_device(*self._assemble(windows[start : start + self.batch_size]))
+            x, y = self._assemble(windows[start : start + self.batch_size])
+            missing = self.batch_size - x.size(0)
+            if pad and missing > 0:
+                x = torch.cat([x, x[:1].expand(missing, -1)])  # (batch_size, T): any valid tokens will do
+                y = torch.cat([y, torch.full((missing, y.size(1)), -1, dtype=y.dtype)])  # ignored targets
+            yield self._to_device(x, y)
             count += 1

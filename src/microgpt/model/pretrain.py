@@ -20,7 +20,7 @@ from torch import nn
 
 from microgpt.common.config import ConfigBase, dump_config, load_yaml
 from microgpt.common.device import pick_device
-from microgpt.common.dist import DistInfo, barrier, destroy_distributed, init_distributed
+from microgpt.common.dist import DistInfo, check_shared_dir, destroy_distributed, init_distributed, run_on_main
 from microgpt.common.errors import ConfigError, MicrogptError
 from microgpt.common.log import get_logger
 from microgpt.common.trainer import Batch, TrainConfig, Trainer, TrainResult
@@ -53,6 +53,8 @@ RESUME_SAFE = frozenset(
         "train.metrics_backends",
         "train.threads",
         "train.device",
+        "train.deterministic",
+        "train.peak_flops",
     }
 )
 
@@ -166,7 +168,7 @@ class PretrainTrainer(Trainer):
                 device=self.device,
                 prefetch=0,
             )
-        return self._val.eval_batches(max_batches)
+        return self._val.eval_batches(max_batches, pad=True)  # one shape: no recompile for the last batch
 
     def bits_per_byte(self, loss: float) -> float | None:
         """Nats per token → bits per UTF-8 byte of the validation split (comparable across tokenizers)."""
@@ -230,7 +232,7 @@ def prepare_run_data(config: RunConfig, *, progress: bool = False) -> tuple[Toke
 
 
 def run_pretraining(config: RunConfig, *, overwrite: bool = False) -> TrainResult:
-    """Prepare the data (rank 0; the others wait), then train or resume; the whole of ``microgpt train``.
+    """Prepare the data (rank 0; the others wait without a timeout), then train or resume: ``microgpt train``.
 
     Args:
         config: The run.
@@ -248,18 +250,24 @@ def run_pretraining(config: RunConfig, *, overwrite: bool = False) -> TrainResul
     joined = dist.is_distributed and not torch.distributed.is_initialized()
     init_distributed(dist, device)
     try:
-        prepared = None
-        if dist.is_main:
-            check_out_dir(config, overwrite=overwrite)
-            Path(config.out_dir).mkdir(parents=True, exist_ok=True)
-            prepared = prepare_run_data(config, progress=config.train.progress)
-            dump_config(config, Path(config.out_dir) / RUN_CONFIG)
-        barrier()  # the other ranks read what rank 0 prepared (if rank 0 failed, torchrun stops them)
+        # Rank 0 alone checks out_dir and prepares the data (hours, for a big corpus); the others wait on the
+        # process group's store, which has no collective timeout, and learn of a failure in one line.
+        prepared = run_on_main("preparing the data", lambda: _prepare_on_main(config, overwrite=overwrite))
+        check_shared_dir(Path(config.out_dir))  # every node must see what rank 0 wrote
         tokenizer, data_dir = prepared if prepared is not None else _load_prepared(config)
         return PretrainTrainer(config, tokenizer, data_dir, dist=dist).fit()
     finally:
         if joined:
             destroy_distributed()
+
+
+def _prepare_on_main(config: RunConfig, *, overwrite: bool) -> tuple[Tokenizer, Path]:
+    """Rank 0's part: check out_dir, prepare the data, save the run config."""
+    check_out_dir(config, overwrite=overwrite)
+    Path(config.out_dir).mkdir(parents=True, exist_ok=True)
+    prepared = prepare_run_data(config, progress=config.train.progress)
+    dump_config(config, Path(config.out_dir) / RUN_CONFIG)
+    return prepared
 
 
 def _load_prepared(config: RunConfig) -> tuple[Tokenizer, Path]:
