@@ -50,13 +50,23 @@ def tiny_gpt2(tmp_path: Path, **overrides: Any) -> Any:
     return model
 
 
-def tiny_llama(tmp_path: Path, **overrides: Any) -> Any:
-    config = transformers.LlamaConfig(
+def tiny_rope_family(tmp_path: Path, family: str, **overrides: Any) -> Any:
+    """A tiny random Llama, Qwen3 or Arcee saved by transformers itself."""
+    config_class, model_class = {
+        "llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM),
+        "qwen3": (transformers.Qwen3Config, transformers.Qwen3ForCausalLM),
+        "arcee": (transformers.ArceeConfig, transformers.ArceeForCausalLM),
+    }[family]
+    config = config_class(
         vocab_size=100, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=32, rms_norm_eps=1e-5, **overrides,
+        num_key_value_heads=2, head_dim=8, max_position_embeddings=32, rms_norm_eps=1e-5, **overrides,
     )  # fmt: skip
-    model = transformers.LlamaForCausalLM(config).eval()
+    model = model_class(config).eval()
     perturb(model)
+    if family == "qwen3":  # microgpt's QK-norm shares one scale between queries and keys
+        with torch.no_grad():
+            for layer in model.model.layers:
+                layer.self_attn.k_norm.weight.copy_(layer.self_attn.q_norm.weight)
     model.save_pretrained(tmp_path)
     return model
 
@@ -71,11 +81,14 @@ def test_import_gpt2_logits(tmp_path: Path, tie: bool) -> None:
     torch.testing.assert_close(ours_logits(ours, idx), hf_logits(hf, idx), atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize(
+    ("family", "mlp", "qk_norm"), [("llama", "swiglu", False), ("qwen3", "swiglu", True), ("arcee", "relu2", False)]
+)
 @pytest.mark.parametrize("tie", [True, False])
-def test_import_llama_logits_and_greedy(tmp_path: Path, tie: bool) -> None:
-    hf = tiny_llama(tmp_path, tie_word_embeddings=tie)
+def test_import_rope_family_logits_and_greedy(tmp_path: Path, tie: bool, family: str, mlp: str, qk_norm: bool) -> None:
+    hf = tiny_rope_family(tmp_path, family, tie_word_embeddings=tie)
     ours, _ = import_hf(tmp_path)
-    assert ours.config.n_kv_head == 2 and ours.config.mlp == "swiglu"
+    assert (ours.config.n_kv_head, ours.config.mlp, ours.config.qk_norm) == (2, mlp, qk_norm)
     idx = torch.randint(0, 100, (2, 20))
     torch.testing.assert_close(ours_logits(ours, idx), hf_logits(hf, idx), atol=1e-4, rtol=1e-4)
     prompt = [5, 17, 42]
@@ -83,16 +96,23 @@ def test_import_llama_logits_and_greedy(tmp_path: Path, tie: bool) -> None:
     assert generate_ids(ours, prompt, 12, temperature=0.0) == hf_out[0, 3:].tolist()
 
 
-EXPORTABLE = [
-    {"mlp": "swiglu", "n_kv_head": 2, "tie_embeddings": False},
-    {"mlp": "swiglu", "rope_base": 500.0},
-    {"pos_encoding": "learned", "norm": "layernorm", "mlp": "gelu", "bias": True},
-    {"pos_encoding": "learned", "norm": "layernorm", "mlp": "gelu", "bias": False, "tie_embeddings": False},
+EXPORTABLE = [  # (options, the transformers class they export as)
+    ({"mlp": "swiglu", "n_kv_head": 2, "tie_embeddings": False}, "LlamaForCausalLM"),
+    ({"mlp": "swiglu", "rope_base": 500.0}, "LlamaForCausalLM"),
+    ({"mlp": "swiglu", "qk_norm": True, "n_kv_head": 2}, "Qwen3ForCausalLM"),
+    ({"mlp": "swiglu", "qk_norm": True, "tie_embeddings": False, "norm_eps": 1e-6}, "Qwen3ForCausalLM"),
+    ({"mlp": "relu2", "n_kv_head": 2}, "ArceeForCausalLM"),
+    ({"mlp": "relu2", "tie_embeddings": False, "mlp_hidden": 40}, "ArceeForCausalLM"),
+    ({"pos_encoding": "learned", "norm": "layernorm", "mlp": "gelu", "bias": True}, "GPT2LMHeadModel"),
+    (
+        {"pos_encoding": "learned", "norm": "layernorm", "mlp": "gelu", "bias": False, "tie_embeddings": False},
+        "GPT2LMHeadModel",
+    ),
 ]
 
 
-@pytest.mark.parametrize("options", EXPORTABLE)
-def test_export_logits_greedy_and_round_trip(tmp_path: Path, options: dict[str, Any]) -> None:
+@pytest.mark.parametrize(("options", "expected_class"), EXPORTABLE)
+def test_export_logits_greedy_and_round_trip(tmp_path: Path, options: dict[str, Any], expected_class: str) -> None:
     config = GPTConfig.model_validate(
         {"n_layer": 2, "n_head": 4, "n_embd": 32, "block_size": 32, "vocab_size": 90, **options}
     )
@@ -101,7 +121,6 @@ def test_export_logits_greedy_and_round_trip(tmp_path: Path, options: dict[str, 
     perturb(ours)
     export_hf(ours, None, tmp_path)
     hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path).eval()
-    expected_class = "GPT2LMHeadModel" if config.pos_encoding == "learned" else "LlamaForCausalLM"
     assert type(hf).__name__ == expected_class
     idx = torch.randint(0, 90, (2, 24))
     torch.testing.assert_close(hf_logits(hf, idx), ours_logits(ours, idx), atol=1e-4, rtol=1e-4)
@@ -109,6 +128,7 @@ def test_export_logits_greedy_and_round_trip(tmp_path: Path, options: dict[str, 
     hf_out = hf.generate(torch.tensor([prompt]), max_new_tokens=10, do_sample=False, pad_token_id=0)
     assert hf_out[0, 4:].tolist() == generate_ids(ours, prompt, 10, temperature=0.0)
     back, _ = import_hf(tmp_path)
+    assert back.config == config.model_copy(update={"mlp_hidden": config.hidden_dim, "bias": back.config.bias})
     torch.testing.assert_close(ours_logits(back, idx), ours_logits(ours, idx))
 
 
@@ -171,11 +191,18 @@ def test_bad_inputs(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"qk_norm": True}, "qk_norm=true"),
-        ({"mlp": "relu2"}, "mlp=relu2 with RoPE"),
+        (
+            {"mlp": "relu2", "qk_norm": True},
+            r"^cannot export mlp=relu2 with qk_norm=true: no transformers family has both; the nearest are "
+            r"ArceeForCausalLM \(set model.qk_norm=false\) and Qwen3ForCausalLM \(set model.mlp=swiglu\)$",
+        ),
+        ({"mlp": "gelu"}, r"mlp=gelu with RoPE.*LlamaForCausalLM \(set model.mlp=swiglu\)"),
+        ({"mlp": "gelu", "qk_norm": True}, r"mlp=gelu with RoPE.*Qwen3ForCausalLM \(set model.mlp=swiglu\)"),
         ({"norm": "layernorm", "mlp": "swiglu"}, "cannot export norm=layernorm with RoPE"),
+        ({"mlp": "swiglu", "bias": True}, "cannot export bias=true with RoPE"),
         ({"pos_encoding": "learned", "mlp": "swiglu", "norm": "layernorm"}, "mlp=swiglu with learned positions"),
         ({"pos_encoding": "learned", "norm": "layernorm", "mlp": "gelu", "n_kv_head": 2}, "n_kv_head=2"),
+        ({"pos_encoding": "learned", "norm": "layernorm", "mlp": "gelu", "qk_norm": True}, "qk_norm=true with learned"),
     ],
 )
 def test_export_refuses_unrepresentable(tmp_path: Path, options: dict[str, Any], message: str) -> None:
@@ -192,3 +219,21 @@ def test_tokenizer_without_specials_exports(tmp_path: Path) -> None:
     hf_tok = transformers.AutoTokenizer.from_pretrained(tmp_path)
     assert hf_tok.eos_token is None
     assert hf_tok(TEXT, add_special_tokens=False)["input_ids"] == tokenizer.encode_ordinary(TEXT)
+
+
+def test_import_refuses_what_has_no_exact_equivalent(tmp_path: Path) -> None:
+    hf = tiny_rope_family(tmp_path, "qwen3")
+    with torch.no_grad():
+        hf.model.layers[1].self_attn.k_norm.weight.add_(0.5)
+    hf.save_pretrained(tmp_path)
+    with pytest.raises(MicrogptError, match=r"model.layers.1.self_attn.q_norm and k_norm differ"):
+        import_hf(tmp_path)
+    tiny_rope_family(tmp_path / "window", "qwen3", use_sliding_window=True, sliding_window=8, max_window_layers=1)
+    with pytest.raises(MicrogptError, match="Qwen3 sliding-window attention is not supported"):
+        import_hf(tmp_path / "window")
+    tiny_rope_family(tmp_path / "gelu", "arcee", hidden_act="gelu")
+    with pytest.raises(MicrogptError, match="Arcee hidden_act 'gelu' is not supported \\(only relu2"):
+        import_hf(tmp_path / "gelu")
+    tiny_rope_family(tmp_path / "bias", "llama", attention_bias=True)
+    with pytest.raises(MicrogptError, match="Llama attention_bias=true is not supported"):
+        import_hf(tmp_path / "bias")

@@ -19,31 +19,27 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Write a checkpoint as a folder transformers loads with AutoModelForCausalLM (no custom code).
 
-        RoPE models become LlamaForCausalLM (needs rmsnorm, swiglu, no bias, no qk_norm); learned-position models
-        become GPT2LMHeadModel (layernorm, gelu). The tokenizer is written as tokenizer.json with identical ids.
+        RoPE models (rmsnorm, no bias) become LlamaForCausalLM (swiglu), Qwen3ForCausalLM (swiglu + qk_norm) or
+        ArceeForCausalLM (relu2); learned-position models become GPT2LMHeadModel (layernorm, gelu). ReLU² with
+        QK-norm has no family and is refused. The tokenizer is written as tokenizer.json with identical ids.
         """
         from microgpt.common.errors import ConfigError
         from microgpt.model.api import load_model
-        from microgpt.model.hf import export_hf
+        from microgpt.model.hf import HF_CLASSES, export_arch, export_hf
 
         if fmt != "hf":
             raise ConfigError(f"unknown export format {fmt!r}; the only one is hf")
         loaded = load_model(checkpoint, device="cpu")
         out = export_hf(loaded.model, loaded.tokenizer, out_dir)
-        typer.echo(f"wrote {out} ({type_name(loaded.model.config.pos_encoding)}) from {loaded.checkpoint}")
+        typer.echo(f"wrote {out} ({HF_CLASSES[export_arch(loaded.model.config)]}) from {loaded.checkpoint}")
 
     @app.command("import")
     def import_(
         source: Annotated[str, typer.Argument(help="gpt2, gpt2-medium, gpt2-large, gpt2-xl, or a folder.")],
         out_dir: Annotated[Path, typer.Argument(help="Run directory to write the checkpoint into.")],
     ) -> None:
-        """Turn GPT-2 (downloaded or cached) or a transformers GPT-2/Llama folder into a microgpt checkpoint."""
+        """Turn GPT-2 (downloaded or cached) or a transformers GPT-2/Llama/Qwen3/Arcee folder into a checkpoint."""
         from microgpt.model.hf import import_to_checkpoint
 
         step_dir = import_to_checkpoint(source, out_dir)
         typer.echo(f"wrote {step_dir}")
-
-
-def type_name(pos_encoding: str) -> str:
-    """The transformers class a model with these positions exports as."""
-    return "GPT2LMHeadModel" if pos_encoding == "learned" else "LlamaForCausalLM"
