@@ -9,6 +9,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from microgpt.common.config import validate_config
+from microgpt.pipeline.config import PipelineConfig
+from microgpt.pipeline.run import run_pipeline
+from tests.model.test_finetune import _restore_threads  # noqa: F401  (autouse fixture, found by name)
 from tests.test_pipeline import tiny_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -32,3 +36,15 @@ def test_pipeline_under_torchrun_with_two_ranks(tmp_path: Path) -> None:
     meta = json.loads(next((tmp_path / "run" / "stage1" / "checkpoints").glob("step-*/trainer.json")).read_text())
     assert meta["world_size"] == 2
     assert done.stdout.count("report:") == 1  # rank 0 alone writes and prints the report
+
+    # The same pipeline in one process: the same models, steps and tokens, and (the global batch and the data
+    # order being the same at any world size) the same losses up to float summation order.
+    config["out_dir"] = str(tmp_path / "one")
+    single = run_pipeline(validate_config(PipelineConfig, config))
+    by_name = {m["name"]: m for m in single["models"]}
+    assert [m["name"] for m in report["models"]] == list(by_name)
+    for model in report["models"]:
+        alone = by_name[model["name"]]
+        assert (model["stage2_steps"], model["stage2_tokens"]) == (alone["stage2_steps"], alone["stage2_tokens"])
+        assert model["test_loss"] == pytest.approx(alone["test_loss"], rel=1e-3), model["name"]
+        assert model["test_bpb"] == pytest.approx(alone["test_bpb"], rel=1e-3), model["name"]

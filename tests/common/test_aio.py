@@ -132,3 +132,37 @@ async def test_run_sync_works_inside_a_running_loop(http_server: tuple[str, Serv
     state.files["j"] = BODY
     path = run_sync(download(f"{url}/files/j", tmp_path / "j"))
     assert path.read_bytes() == BODY
+
+
+async def test_redirects_are_followed(http_server: tuple[str, ServerState], tmp_path: Path) -> None:
+    url, state = http_server
+    state.files["r.txt"] = BODY
+    path = await download(f"{url}/redirect/3/r.txt", tmp_path / "r.txt")
+    assert path.read_bytes() == BODY
+    assert [state.hits[f"/redirect/{n}/r.txt"] for n in (3, 2, 1)] == [1, 1, 1]
+    assert state.hits["/files/r.txt"] == 1
+
+
+async def test_429_then_200_is_retried(http_server: tuple[str, ServerState], tmp_path: Path) -> None:
+    url, state = http_server
+    state.files["l"] = BODY
+    path = await download(f"{url}/limited/2/l", tmp_path / "l", backoff=0.01, retries=3)
+    assert path.read_bytes() == BODY
+    assert state.hits["/limited/2/l"] == 3
+    with pytest.raises(DownloadError, match=r"HTTP 429 \(after 2 tries\)"):
+        await download(f"{url}/limited/5/l", tmp_path / "m", backoff=0.01, retries=1)
+    assert not (tmp_path / "m").exists()
+
+
+async def test_refused_content_type_leaves_nothing(http_server: tuple[str, ServerState], tmp_path: Path) -> None:
+    url, state = http_server
+    state.files["page.txt"] = b"<!doctype html><title>Sign in</title>"
+    state.types["page.txt"] = "text/html; charset=utf-8"
+
+    def no_html(content_type: str | None) -> str | None:
+        return "a web page" if (content_type or "").startswith("text/html") else None
+
+    with pytest.raises(DownloadError, match=r"/files/page.txt: a web page"):
+        await download(f"{url}/files/page.txt", tmp_path / "p", check_content_type=no_html, retries=2)
+    assert state.hits["/files/page.txt"] == 1  # not retried: the answer will not change
+    assert not (tmp_path / "p").exists() and leftovers(tmp_path) == []

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import errno
 import json
-import math
 from pathlib import Path
 
 import pytest
@@ -144,6 +143,54 @@ def test_full_disk_keeps_the_previous_checkpoint(tmp_path: Path) -> None:
     assert latest_checkpoint(tmp_path) == tmp_path / "step-0000001"
 
 
+def test_resaving_a_step_keeps_the_old_one_until_the_new_one_is_complete(tmp_path: Path) -> None:
+    model = _model()
+    opts = build_optimizers(model)
+    writer = CheckpointWriter(tmp_path, keep_last=0)
+    old = _save(writer, 3, model, opts, val_loss=1.0)
+    before = {p.name: p.read_bytes() for p in old.iterdir()}
+
+    def fail_midway(directory: Path) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    with pytest.raises(CheckpointError, match=r"Input/output error; the previous checkpoint step-0000003 is intact"):
+        writer.save(
+            3,
+            model=model,
+            optimizers=opts,
+            model_config={},
+            run_config_yaml="",
+            trainer_state={},
+            rng_states=[],
+            meta={},
+            write_extra=fail_midway,
+        )
+    assert {p.name: p.read_bytes() for p in old.iterdir()} == before  # the old step, byte for byte
+    assert [p.name for p in tmp_path.iterdir()] == ["step-0000003"]  # no temporary left behind
+    _train_once(model, opts)
+    again = _save(writer, 3, model, opts, val_loss=0.5)  # a successful re-save replaces it whole
+    assert again == old and json.loads((again / "meta.json").read_text())["val_loss"] == 0.5
+    assert [p.name for p in tmp_path.iterdir()] == ["step-0000003"]
+
+
+@pytest.mark.parametrize(
+    ("meta", "message"),
+    [
+        ([1, 2], "meta.json holds a JSON list, not an object"),
+        ({"format": "microgpt-checkpoint", "version": 1}, "meta.json has no 'files' index"),
+        ({"format": "microgpt-checkpoint", "version": 1, "files": ["model.safetensors"]}, "no 'files' index"),
+        ({"format": "microgpt-checkpoint", "version": "one", "files": {}}, "'version' is not a number"),
+    ],
+)
+def test_malformed_meta_json_is_a_clear_error(tmp_path: Path, meta: object, message: str) -> None:
+    step = _save(CheckpointWriter(tmp_path), 1, _model(), [])
+    (step / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match=message):
+        resolve_checkpoint(step)
+    with pytest.raises(CheckpointError, match=message):
+        latest_checkpoint(tmp_path)
+
+
 def test_prune_keeps_last_n_and_the_best(tmp_path: Path) -> None:
     model = _model()
     opts = build_optimizers(model)
@@ -184,4 +231,7 @@ def test_adamw_groups_and_muon_split() -> None:
     adamw2, muon = build_optimizers(model, optimizer="muon")
     muon_ids = {id(p) for p in muon.param_groups[0]["params"]}
     assert id(model.wte.weight) not in muon_ids and muon_ids  # embeddings/head stay on AdamW
-    assert not math.isnan(sum(p.sum().item() for p in model.parameters()))
+    # Every parameter is trained by exactly one optimizer: none twice, none forgotten.
+    adamw_ids = [id(p) for group in adamw2.param_groups for p in group["params"]]
+    assert not set(adamw_ids) & muon_ids and len(adamw_ids) == len(set(adamw_ids))
+    assert set(adamw_ids) | muon_ids == {id(p) for p in model.parameters()}

@@ -186,8 +186,12 @@ def test_round_robin_mixing_and_weights() -> None:
     half = docs(TextSource(texts=[f"d{i}" for i in range(1000)], weight=0.5, shuffle_seed=3))
     assert 400 < len(half) < 600 and len(set(half)) == len(half)
     assert docs(TextSource(texts=[f"d{i}" for i in range(1000)], weight=0.5, shuffle_seed=3)) == half
-    twice = docs(TextSource(texts=["x", "y"], weight=1.5))
-    assert len(twice) in {2, 3, 4} and twice[:2] == ["x", "y"]
+    texts = [f"t{i}" for i in range(1000)]
+    more = docs(TextSource(texts=texts, weight=1.5))
+    assert more[:1000] == texts  # one whole pass, then a seeded half of a second, in order and without repeats
+    rest = more[1000:]
+    assert 400 < len(rest) < 600 and rest == sorted(set(rest), key=texts.index)
+    assert docs(TextSource(texts=texts, weight=1.5)) == more
 
 
 def test_shuffle_is_deterministic_a_permutation_and_bounded() -> None:
@@ -256,3 +260,46 @@ def test_hf_errors_name_the_source(shared_data: Path) -> None:
     web = shared_data / "hf" / "web" / "validation-00000-of-00001.parquet"
     with pytest.raises(MicrogptError, match=r"hf source #0: no column 'body'"):
         docs(HFSource(path="parquet", data_files=[str(web)], text_field="body"))
+
+
+# ---- truncated and mislabelled inputs -------------------------------------------------------------------------
+
+
+def _half_gzip(data: bytes) -> bytes:
+    whole = gzip.compress(data)
+    return whole[: len(whole) // 2]
+
+
+@pytest.mark.parametrize("name", ["cut.txt.gz", "cut.jsonl.gz"])
+def test_truncated_gzip_is_an_error_not_half_a_corpus(tmp_path: Path, name: str) -> None:
+    records = [{"text": f"document number {i} " + "word " * (i % 7)} for i in range(20_000)]
+    (tmp_path / name).write_bytes(_half_gzip(jsonl(records)))
+    with pytest.raises(MicrogptError, match=rf"file source 'cut': .*{name}: the gzip stream is truncated"):
+        docs(FileSource(name="cut", paths=[str(tmp_path / name)]))
+    whole = tmp_path / "whole.jsonl.gz"  # the complete file, and two members concatenated, still read
+    whole.write_bytes(gzip.compress(jsonl(records[:3])) + gzip.compress(jsonl(records[3:5])))
+    assert docs(FileSource(paths=[str(whole)])) == [r["text"] for r in records[:5]]
+
+
+async def test_truncated_gzip_over_http_is_an_error(http_server: tuple[str, ServerState]) -> None:
+    base, state = http_server
+    state.files["corpus.txt.gz"] = _half_gzip(b"a line of training text\n" * 20_000)
+    source = UrlSource(name="web", urls=[f"{base}/files/corpus.txt.gz"])
+    with pytest.raises(MicrogptError, match=r"url source 'web': .*/corpus.txt.gz: the gzip stream is truncated"):
+        [doc async for doc in source_documents(source)]
+
+
+async def test_web_page_at_a_text_url_is_refused(http_server: tuple[str, ServerState]) -> None:
+    base, state = http_server
+    state.files["page.txt"] = b"<!doctype html><form>Sign in to continue</form>"
+    state.types["page.txt"] = "text/html; charset=utf-8"
+    state.files["plain.txt"] = b"real text"
+    state.types["plain.txt"] = "text/plain"
+    source = UrlSource(name="web", urls=[f"{base}/files/plain.txt", f"{base}/files/page.txt"], retries=0)
+    message = rf"url source 'web': {base}/files/page.txt: the server sent a web page \(text/html\), not the text file"
+    with pytest.raises(MicrogptError, match=message):
+        [doc async for doc in source_documents(source)]
+    html = UrlSource(urls=[f"{base}/files/page.html"], retries=0)  # an .html name asks for a web page
+    state.files["page.html"] = state.files["page.txt"]
+    state.types["page.html"] = "text/html"
+    assert [doc async for doc in source_documents(html)] == [state.files["page.html"].decode()]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 from collections.abc import Iterable
 from pathlib import Path
@@ -13,6 +14,7 @@ import torch
 from torch import nn
 
 from microgpt.common.checkpoint import list_checkpoints, load_weights, read_meta
+from microgpt.common.errors import MicrogptError
 from microgpt.common.metrics import read_metrics
 from microgpt.common.schedule import lr_multiplier
 from microgpt.common.trainer import Batch, NonFiniteLossError, TrainConfig, Trainer
@@ -197,3 +199,39 @@ def test_muon_trains_and_resumes(tmp_path: Path) -> None:
 def test_batch_must_split_over_ranks() -> None:
     with pytest.raises(ValueError, match="batch_size must be a multiple of micro_batch_size"):
         _config(batch_size=6, micro_batch_size=4)
+
+
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def test_resume_with_a_lower_max_steps_refuses_at_once(tmp_path: Path) -> None:
+    TinyTrainer(_config(max_steps=4), tmp_path).fit()
+    before = {p.relative_to(tmp_path): p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    with pytest.raises(MicrogptError, match=r"step-0000004 is at step 4, past train.max_steps=2.*train.max_steps=4"):
+        TinyTrainer(_config(max_steps=2), tmp_path).fit()
+    after = {p.relative_to(tmp_path): p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    assert after == before  # metrics, checkpoints: nothing trained, nothing rewritten
+
+
+def test_raised_max_steps_says_what_the_schedule_does(tmp_path: Path) -> None:
+    TinyTrainer(_config(max_steps=4), tmp_path).fit()
+    records = _Records()
+    logging.getLogger("microgpt").addHandler(records)
+    try:
+        result = TinyTrainer(_config(max_steps=8), tmp_path).fit()
+    finally:
+        logging.getLogger("microgpt").removeHandler(records)
+    assert result.step == 8
+    was = lr_multiplier(4, max_steps=4, warmup_steps=2)
+    now = lr_multiplier(4, max_steps=8, warmup_steps=2)
+    assert was == pytest.approx(0.1) and now > 0.5  # the decay restarts stretched: the rate jumps back up
+    said = [m for m in records.messages if "train.max_steps changed from 4 to 8" in m]
+    assert len(said) == 1 and f"from {was:.4g} to {now:.4g}" in said[0], records.messages
+    step5 = next(r for r in read_metrics(tmp_path / "metrics.jsonl") if r["step"] == 5 and "lr" in r)
+    assert step5["lr"] == pytest.approx(1e-2 * now)  # and the loop does what the warning says

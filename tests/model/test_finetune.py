@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import json
 import math
 import random
 from collections.abc import Iterator
@@ -8,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from microgpt.common.checkpoint import CheckpointError, load_weights, read_meta, resolve_checkpoint
 from microgpt.common.config import validate_config
@@ -118,10 +118,14 @@ def test_finetune_starts_from_the_parent_and_records_lineage(stage: tuple[Path, 
     assert (result.checkpoint / "tokenizer").is_dir()
     changed = load_weights(result.checkpoint)
     assert any(not torch.equal(changed[k], v) for k, v in load_weights(parent).items())
-    # The optimizer starts fresh: 3 steps of moments, not stage 1's 4 + 3.
-    optimizer = json.loads((result.checkpoint / "optimizer.json").read_text())
-    steps = {s["step"] for s in optimizer[0]["state"].values() if "step" in s}
-    assert steps <= {3}
+    # The optimizer starts fresh: 3 steps of moments, not stage 1's 4 + 3. AdamW keeps `step` as a tensor, so
+    # it is stored in optimizer.safetensors ("<opt>.<param>.step"), one per parameter.
+    tensors = load_file(str(result.checkpoint / "optimizer.safetensors"))
+    steps = [float(t) for name, t in tensors.items() if name.endswith(".step")]
+    assert len(steps) == len(list(trainer.build_model().parameters())) and set(steps) == {3.0}
+    parent_state = load_file(str(parent / "optimizer.safetensors"))
+    parent_steps = {float(t) for name, t in parent_state.items() if name.endswith(".step")}
+    assert parent_steps == {4.0}  # the parent's count, which a carried-over optimizer would continue from
 
 
 def test_finetune_data_seed_changes_the_order(stage: tuple[Path, Path], tmp_path: Path) -> None:
@@ -130,6 +134,21 @@ def test_finetune_data_seed_changes_the_order(stage: tuple[Path, Path], tmp_path
         finetune(stage, tmp_path / "b").finetune.model_copy(update={"data_seed": 5, "out_dir": tmp_path / "b"})
     ).build_train_loader(4)
     assert not torch.equal(next(a)[0], next(b)[0])
+
+
+def test_rerun_in_an_out_dir_of_another_finetune_is_refused(stage: tuple[Path, Path], tmp_path: Path) -> None:
+    out = tmp_path / "ft"
+    finetune(stage, out, max_steps=2).fit()
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    with pytest.raises(MicrogptError, match=r"holds a fine-tune with other settings \(it differs in train.lr\)"):
+        finetune(stage, out, max_steps=2, lr=5e-4)
+    other_parent = finetune(stage, tmp_path / "other", max_steps=1).fit().checkpoint
+    assert other_parent is not None
+    config = finetune(stage, out, max_steps=2).finetune.model_copy(update={"init_from": other_parent})
+    with pytest.raises(MicrogptError, match=r"another parent .*delete .*checkpoints to start over"):
+        FinetuneTrainer(config)
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    assert finetune(stage, out, max_steps=3).fit().step == 3  # the same fine-tune with more steps resumes
 
 
 def test_missing_parent_is_a_clear_error(stage: tuple[Path, Path], tmp_path: Path) -> None:

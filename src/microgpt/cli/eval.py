@@ -57,7 +57,11 @@ def register(app: typer.Typer) -> None:
             max_batches=max_batches,
             device=device,
         )
-        typer.echo(
-            f"{split}: loss {result.loss:.4f} nats/token, {result.bits_per_byte:.4f} bits/byte "
-            f"({result.tokens:,} tokens, {result.bytes:,} bytes)"
-        )
+        if max_batches is not None and result.partial:
+            scored = (
+                f"{result.tokens:,} of the split's {result.split_tokens:,} tokens in {max_batches} batch(es); "
+                f"bits/byte at the split's {result.split_bytes / result.split_tokens:.2f} bytes/token"
+            )
+        else:
+            scored = f"{result.tokens:,} tokens scored, {result.split_bytes:,} bytes"
+        typer.echo(f"{split}: loss {result.loss:.4f} nats/token, {result.bits_per_byte:.4f} bits/byte ({scored})")

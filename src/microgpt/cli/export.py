@@ -36,10 +36,13 @@ def register(app: typer.Typer) -> None:
     @app.command("import")
     def import_(
         source: Annotated[str, typer.Argument(help="gpt2, gpt2-medium, gpt2-large, gpt2-xl, or a folder.")],
-        out_dir: Annotated[Path, typer.Argument(help="Run directory to write the checkpoint into.")],
+        out_dir: Annotated[Path, typer.Argument(help="Run directory to write the checkpoint into (new or empty).")],
+        overwrite: Annotated[
+            bool, typer.Option("--overwrite", help="Replace the checkpoints already in OUT_DIR.")
+        ] = False,
     ) -> None:
         """Turn GPT-2 (downloaded or cached) or a transformers GPT-2/Llama/Qwen3/Arcee folder into a checkpoint."""
         from microgpt.model.hf import import_to_checkpoint
 
-        step_dir = import_to_checkpoint(source, out_dir)
+        step_dir = import_to_checkpoint(source, out_dir, overwrite=overwrite)
         typer.echo(f"wrote {step_dir}")

@@ -1,14 +1,14 @@
 """``microgpt tokenizer``: train a BPE vocabulary, encode, decode, and describe a tokenizer.
 
-Input files for ``train`` must be text in ``--encoding`` (UTF-8 by default); a file that does not decode is an
-error naming the file and the byte offset — pass ``--encoding latin-1`` (which decodes any bytes) for such
-files. Each file is one document; ``.jsonl`` files give one document per line (its ``text`` field).
+Input files for ``train`` are read as ``data prepare`` reads them (:mod:`microgpt.common.formats`): text in
+``--encoding`` (UTF-8 by default), one document per file; ``.jsonl`` one per line (its ``text`` field); parquet,
+gzip and zip too. A file that does not decode is an error naming the file and the byte offset — pass
+``--encoding latin-1`` (which decodes any bytes) for such files; a truncated or corrupt gzip is an error too.
+``encode -f`` and ``info -f`` read UTF-8 only.
 """
 
 from __future__ import annotations
 
-import gzip
-import json
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +17,10 @@ from typing import Annotated
 import typer
 
 from microgpt.common.aio import read_bytes, run_sync
+from microgpt.common.atomic import check_out_dir
 from microgpt.common.errors import MicrogptError
+from microgpt.common.formats import EncodingError, documents_from_file
+from microgpt.common.sources import iterate_sync
 from microgpt.tokenizer import Tokenizer
 from microgpt.tokenizer.tokenizer import ENDOFTEXT
 from microgpt.tokenizer.trainer import capped_documents
@@ -40,33 +43,32 @@ def _decode(data: bytes, path: Path, encoding: str) -> str:
         return data.decode(encoding)
     except UnicodeDecodeError as error:
         raise MicrogptError(
-            f"{path}: not valid {encoding} at byte {error.start}; pass --encoding latin-1 (or the file's encoding)"
+            f"{path}: not valid {encoding} at byte {error.start}; convert it first (e.g. iconv -f latin1 -t utf-8)"
         ) from None
     except LookupError:
         raise MicrogptError(f"unknown text encoding {encoding!r}") from None
 
 
 def read_documents(paths: list[Path], encoding: str = "utf-8") -> Iterator[str]:
-    """Yield the documents of text files (one per file) and JSON-lines files (one per line, field ``text``)."""
+    """Yield the documents of files as ``data prepare`` reads them (:mod:`microgpt.common.formats`).
+
+    Text files are one document each; JSON lines one per line (field ``text``); gzip, zip and parquet too. A
+    truncated or corrupt gzip, bad JSON or bad bytes is an error naming the file.
+    """
     for path in paths:
-        data = run_sync(read_bytes(path))
-        if path.suffix == ".gz":
-            data = gzip.decompress(data)
-        text = _decode(data, path, encoding)
-        if path.name.endswith((".jsonl", ".jsonl.gz")):
-            for number, line in enumerate(text.splitlines(), start=1):
-                if line.strip():
-                    try:
-                        yield str(json.loads(line)["text"])
-                    except (json.JSONDecodeError, KeyError, TypeError):
-                        raise MicrogptError(f"{path}:{number}: not a JSON object with a 'text' field") from None
-        else:
-            yield text.removeprefix("\ufeff")
+        documents = documents_from_file(path, label="tokenizer train", encoding=encoding)
+        try:
+            yield from iterate_sync(documents)
+        except EncodingError as error:
+            raise MicrogptError(
+                f"{error.where}: not valid {error.encoding} at byte {error.offset:,}: pass --encoding latin-1 "
+                "(it decodes any bytes) or the file's encoding, or convert the file to UTF-8"
+            ) from None
 
 
 @tokenizer_app.command("train")
 def train(
-    files: Annotated[list[Path], typer.Argument(help="text files (.txt, .jsonl, .jsonl.gz) to train on")],
+    files: Annotated[list[Path], typer.Argument(help="files to train on (.txt, .jsonl, .parquet, .gz, .zip)")],
     out: Annotated[Path, typer.Option("--out", "-o", help="folder to save the tokenizer in")],
     vocab_size: Annotated[int, typer.Option("--vocab-size", "-v", help="vocabulary size, specials included")] = 4096,
     pattern: Annotated[str, typer.Option(help="split pattern: gpt2, gpt4 (= cl100k), o200k, or a regex")] = "gpt4",
@@ -79,6 +81,7 @@ def train(
     name: Annotated[str, typer.Option(help="the tokenizer's name")] = "bpe",
 ) -> None:
     """Train a byte-level BPE tokenizer on FILES and save it to --out."""
+    check_out_dir(out, "--out folder")  # before training: a bad path must not cost the training time
     documents = capped_documents(read_documents(files, encoding), max_bytes)
     tok = Tokenizer.train(
         documents,

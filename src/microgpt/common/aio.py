@@ -11,7 +11,7 @@ import contextlib
 import hashlib
 import os
 import tempfile
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
@@ -130,10 +130,18 @@ def _check_url(url: str) -> None:
         raise DownloadError(f"only http(s) URLs can be downloaded, got {url!r}")
 
 
+ContentTypeCheck = Callable[[str | None], str | None]
+
+
 async def _fetch_once(
-    client: httpx.AsyncClient, url: str, dest: Path, max_bytes: int | None, sha256: str | None
+    client: httpx.AsyncClient,
+    url: str,
+    dest: Path,
+    max_bytes: int | None,
+    sha256: str | None,
+    check_content_type: ContentTypeCheck | None = None,
 ) -> None:
-    """Stream ``url`` into a temporary file beside ``dest``, check size and hash, then rename."""
+    """Stream ``url`` into a temporary file beside ``dest``, check type, size and hash, then rename."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
     os.close(fd)
@@ -141,6 +149,8 @@ async def _fetch_once(
         async with client.stream("GET", url) as response:
             if response.status_code != 200:
                 raise httpx.HTTPStatusError(f"HTTP {response.status_code}", request=response.request, response=response)
+            if check_content_type is not None and (problem := check_content_type(response.headers.get("content-type"))):
+                raise DownloadError(f"{url}: {problem}")
             declared = response.headers.get("content-length")
             if max_bytes is not None and declared is not None and int(declared) > max_bytes:
                 raise DownloadError(f"{url}: {int(declared):,} bytes is over the limit of {max_bytes:,} bytes")
@@ -174,6 +184,7 @@ async def download(
     retries: int = 3,
     backoff: float = 0.5,
     client: httpx.AsyncClient | None = None,
+    check_content_type: ContentTypeCheck | None = None,
 ) -> Path:
     """Download ``url`` to ``dest`` (or the cache) with streaming, retries, a size limit and hash checks.
 
@@ -190,12 +201,15 @@ async def download(
         retries: How many times to retry after a timeout, a broken connection or a 408/429/5xx status.
         backoff: First wait between tries in seconds; doubles each retry.
         client: An existing ``httpx.AsyncClient`` to share connections between concurrent downloads.
+        check_content_type: Given the response's ``Content-Type``, returns why it is refused (or None to accept):
+            e.g. :func:`microgpt.common.formats.content_type_problem` refuses a web page at a ``.txt`` URL.
 
     Returns:
         The path of the downloaded (or cached) file.
 
     Raises:
-        DownloadError: On a non-retryable status, on giving up after ``retries``, on a size or hash failure.
+        DownloadError: On a non-retryable status, on giving up after ``retries``, on a size or hash failure, on a
+            refused content type.
     """
     _check_url(url)
     target = Path(dest) if dest is not None else cache_path_for(url, Path(cache_dir or default_cache_dir()))
@@ -208,7 +222,7 @@ async def download(
     try:
         for attempt in range(retries + 1):
             try:
-                await _fetch_once(http, url, target, max_bytes, sha256)
+                await _fetch_once(http, url, target, max_bytes, sha256, check_content_type)
                 return target
             except httpx.HTTPStatusError as error:
                 status = error.response.status_code

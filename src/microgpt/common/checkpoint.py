@@ -120,7 +120,10 @@ def load_weights(path: Path) -> dict[str, torch.Tensor]:
         tensors = st_load((path / "model.safetensors").read_bytes())
     except (OSError, SafetensorError) as error:
         raise CheckpointError(f"{path}: cannot read model.safetensors: {error}") from None
-    for alias, name in meta.get("aliases", {}).items():
+    aliases = meta.get("aliases", {})
+    if not isinstance(aliases, dict) or not all(isinstance(n, str) and n in tensors for n in aliases.values()):
+        raise CheckpointError(f"{path}: {META} 'aliases' does not name tensors of model.safetensors")
+    for alias, name in aliases.items():
         tensors[alias] = tensors[name]
     return tensors
 
@@ -250,10 +253,16 @@ def read_meta(path: Path) -> dict[str, Any]:
         raise CheckpointError(f"{path}: not a complete checkpoint (no {META})") from None
     except (OSError, ValueError) as error:
         raise CheckpointError(f"{path}: unreadable {META}: {error}") from None
+    if not isinstance(meta, dict):
+        kind = type(meta).__name__
+        raise CheckpointError(f"{path}: {META} holds a JSON {kind}, not an object: the checkpoint is corrupt")
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"{path}: {META} is not a microgpt checkpoint")
-    if meta.get("version", 0) > VERSION:
-        raise CheckpointError(f"{path}: checkpoint format version {meta['version']} is newer than this microgpt")
+    version = meta.get("version", 0)
+    if not isinstance(version, int):
+        raise CheckpointError(f"{path}: {META} 'version' is not a number: the checkpoint is corrupt")
+    if version > VERSION:
+        raise CheckpointError(f"{path}: checkpoint format version {version} is newer than this microgpt")
     return meta
 
 
@@ -264,7 +273,10 @@ def verify_checkpoint(path: Path) -> dict[str, Any]:
         CheckpointError: On a missing, truncated or altered file.
     """
     meta = read_meta(path)
-    for name, expected in meta["files"].items():
+    files = meta.get("files")
+    if not isinstance(files, dict) or not all(isinstance(v, str) for v in files.values()):
+        raise CheckpointError(f"{path}: {META} has no 'files' index of sha256 digests: the checkpoint is corrupt")
+    for name, expected in files.items():
         file = path / name
         if not file.is_file():
             raise CheckpointError(f"{path}: {name} is missing")
@@ -381,10 +393,10 @@ class CheckpointWriter:
             CheckpointError: When the disk is full or the write fails; the previous checkpoints are untouched.
         """
         target = self.root / step_dir_name(step)
-        if target.exists():  # an identical step (e.g. re-saving the final step on a rerun) is already there
-            shutil.rmtree(target)
         try:
-            with atomic_directory(target) as tmp:
+            # An existing step (re-saving the final step on a rerun, a re-import) stays whole until the new one
+            # is complete and renamed in: a failure mid-write keeps the old checkpoint.
+            with atomic_directory(target, replace=True) as tmp:
                 files: dict[str, str] = {}
                 weights, aliases = weights_to_bytes(model)
                 files["model.safetensors"] = _write(tmp / "model.safetensors", weights)

@@ -46,6 +46,32 @@ def detect_format(name: str) -> tuple[str, bool]:
     return "text", gzipped
 
 
+HTML_TYPES = frozenset({"text/html", "application/xhtml+xml"})
+
+
+def content_type_problem(content_type: str | None, name: str, fmt: Format = "auto") -> str | None:
+    """Why a download's ``Content-Type`` does not fit the format its name (or ``fmt``) promises; None if it fits.
+
+    A web page (``text/html``) where text, JSON lines, parquet or an archive was expected is the usual way a
+    login wall, an error page or a moved file looks; its markup must not become training text. An ``.html``
+    name asks for HTML and is accepted.
+
+    >>> content_type_problem("text/html; charset=utf-8", "https://example.org/page.txt")
+    'the server sent a web page (text/html), not the text file the name promises'
+    >>> content_type_problem("text/plain", "https://example.org/page.txt") is None
+    True
+    """
+    media = (content_type or "").split(";", 1)[0].strip().lower()
+    path = name.lower().split("?", 1)[0]
+    if media not in HTML_TYPES or path.endswith((".html", ".htm")):
+        return None
+    guessed, gzipped = detect_format(name)
+    kind = guessed if fmt == "auto" else fmt
+    wanted = {"text": "text file", "jsonl": "JSON-lines file", "parquet": "parquet file", "zip": "zip archive"}
+    what = ("gzip of a " if gzipped else "") + wanted.get(kind, f"{kind} file")
+    return f"the server sent a web page ({media}), not the {what} the name promises"
+
+
 async def _file_blocks(path: Path, where: str) -> AsyncIterator[bytes]:
     try:
         async with aiofiles.open(path, "rb") as handle:
@@ -58,19 +84,28 @@ async def _file_blocks(path: Path, where: str) -> AsyncIterator[bytes]:
 
 
 async def _gunzip(blocks: AsyncIterator[bytes], where: str) -> AsyncIterator[bytes]:
-    """Decompress gzip block by block; handles multi-member files (``cat a.gz b.gz``)."""
+    """Decompress gzip block by block; handles multi-member files (``cat a.gz b.gz``).
+
+    A stream that stops before its member's end (a partial download, a copy cut short) is an error: zlib
+    alone would hand back the first half without complaint.
+    """
     decoder = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+    started = False  # has the current member received any bytes?
     try:
         async for block in blocks:
             while block:
+                started = True
                 yield decoder.decompress(block)
                 if not decoder.eof:
                     break
                 block = decoder.unused_data
                 decoder = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+                started = False
         tail = decoder.flush()
     except zlib.error as error:
         raise MicrogptError(f"{where}: not valid gzip: {error}") from None
+    if started and not decoder.eof:
+        raise MicrogptError(f"{where}: the gzip stream is truncated (it ends before its last member does)")
     if tail:
         yield tail
 
@@ -79,9 +114,25 @@ async def _one_block(data: bytes) -> AsyncIterator[bytes]:
     yield data
 
 
-async def _decoded(blocks: AsyncIterator[bytes], where: str) -> AsyncIterator[str]:
-    """Decode UTF-8 incrementally (a leading BOM is dropped); a bad byte is an error naming its offset."""
-    decoder = codecs.getincrementaldecoder("utf-8-sig")("strict")
+class EncodingError(MicrogptError):
+    """A file's bytes are not valid in the text encoding it is read with.
+
+    Attributes:
+        where: The source and file.
+        encoding: The encoding, as a person names it (``UTF-8``).
+        offset: The offset of the first bad byte.
+    """
+
+    def __init__(self, where: str, encoding: str, offset: int) -> None:
+        """Build the one-line message from its parts (a caller can say the fix its own way)."""
+        super().__init__(f"{where}: not valid {encoding} at byte {offset:,} (convert the file to {encoding})")
+        self.where, self.encoding, self.offset = where, encoding, offset
+
+
+async def _decoded(blocks: AsyncIterator[bytes], where: str, encoding: str = "utf-8") -> AsyncIterator[str]:
+    """Decode incrementally (a leading UTF-8 BOM is dropped); a bad byte is an error naming its offset."""
+    name = "utf-8-sig" if codecs.lookup(encoding).name == "utf-8" else encoding
+    decoder = codecs.getincrementaldecoder(name)("strict")
     offset = 0
     try:
         async for block in blocks:
@@ -93,7 +144,8 @@ async def _decoded(blocks: AsyncIterator[bytes], where: str) -> AsyncIterator[st
             yield tail
     except UnicodeDecodeError as error:
         at = offset + error.start
-        raise MicrogptError(f"{where}: not valid UTF-8 at byte {at:,} (convert the file to UTF-8)") from None
+        shown = "UTF-8" if name == "utf-8-sig" else encoding
+        raise EncodingError(where, shown, at) from None
 
 
 async def _split_text(chunks: AsyncIterator[str], separator: str | None) -> AsyncIterator[str]:
@@ -195,17 +247,17 @@ def _zip_read(path: Path, member: str) -> bytes:
 
 
 async def _documents_from_blocks(
-    blocks: AsyncIterator[bytes], fmt: str, text_field: str, separator: str | None, where: str
+    blocks: AsyncIterator[bytes], fmt: str, text_field: str, separator: str | None, where: str, encoding: str
 ) -> AsyncIterator[str]:
     if fmt == "jsonl":
-        async for document in _json_lines(_decoded(blocks, where), text_field, where):
+        async for document in _json_lines(_decoded(blocks, where, encoding), text_field, where):
             yield document
     elif fmt == "parquet":
         data = b"".join([block async for block in blocks])
         async for document in _parquet_documents(data, text_field, where):
             yield document
     else:
-        async for document in _split_text(_decoded(blocks, where), separator):
+        async for document in _split_text(_decoded(blocks, where, encoding), separator):
             yield document
 
 
@@ -217,6 +269,7 @@ async def documents_from_file(
     separator: str | None = None,
     label: str = "source",
     display: str | None = None,
+    encoding: str = "utf-8",
 ) -> AsyncIterator[str]:
     """Yield the documents of one file, reading it with async I/O.
 
@@ -227,10 +280,17 @@ async def documents_from_file(
         separator: For text: split each file into documents on this string (``None``: one document per file).
         label: Names the source in error messages.
         display: How to name the file in error messages (default: the path; a URL for downloads).
+        encoding: The text encoding of text and JSON-lines files (``latin-1`` decodes any bytes).
 
     Raises:
-        MicrogptError: On a missing or unreadable file, bad UTF-8, bad JSON, a missing field or column.
+        EncodingError: When the bytes are not valid in ``encoding`` (the byte offset is named).
+        MicrogptError: On a missing or unreadable file, truncated or corrupt gzip, bad JSON, a missing field or
+            column.
     """
+    try:
+        codecs.lookup(encoding)
+    except LookupError:
+        raise MicrogptError(f"unknown text encoding {encoding!r}") from None
     shown = display or str(path)
     where = f"{label}: {shown}"
     guessed, gzipped = detect_format(shown)
@@ -243,7 +303,7 @@ async def documents_from_file(
             if member_gz:
                 blocks = _gunzip(blocks, member_where)
             use = member_fmt if fmt == "auto" else fmt
-            async for document in _documents_from_blocks(blocks, use, text_field, separator, member_where):
+            async for document in _documents_from_blocks(blocks, use, text_field, separator, member_where, encoding):
                 yield document
         return
     use = guessed if fmt == "auto" else fmt
@@ -257,5 +317,5 @@ async def documents_from_file(
     blocks = _file_blocks(path, where)
     if gzipped:
         blocks = _gunzip(blocks, where)
-    async for document in _documents_from_blocks(blocks, use, text_field, separator, where):
+    async for document in _documents_from_blocks(blocks, use, text_field, separator, where, encoding):
         yield document

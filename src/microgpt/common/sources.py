@@ -20,6 +20,7 @@ import hashlib
 import math
 import random
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -29,7 +30,7 @@ from pydantic import Field, model_validator
 from microgpt.common.aio import LoopDriver, download
 from microgpt.common.config import ConfigBase
 from microgpt.common.errors import MicrogptError
-from microgpt.common.formats import Format, documents_from_file
+from microgpt.common.formats import Format, content_type_problem, documents_from_file
 
 T = TypeVar("T")
 
@@ -157,7 +158,12 @@ async def _url_documents(source: UrlSource, label: str) -> AsyncIterator[str]:
         async with gate:
             try:
                 return await download(
-                    url, max_bytes=source.max_bytes, timeout=source.timeout, retries=source.retries, client=client
+                    url,
+                    max_bytes=source.max_bytes,
+                    timeout=source.timeout,
+                    retries=source.retries,
+                    client=client,
+                    check_content_type=partial(content_type_problem, name=url, fmt=source.format),
                 )
             except MicrogptError as error:
                 raise MicrogptError(f"{label}: {error}") from None

@@ -50,7 +50,16 @@ from microgpt.common.train_config import TrainConfig
 
 log = get_logger(__name__)
 
-__all__ = ["Batch", "BatchSource", "NonFiniteLossError", "TrainConfig", "TrainResult", "Trainer"]
+__all__ = [
+    "Batch",
+    "BatchSource",
+    "NonFiniteLossError",
+    "TrainConfig",
+    "TrainResult",
+    "Trainer",
+    "checkpoint_step",
+    "refuse_past_max_steps",
+]
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -235,6 +244,7 @@ class Trainer(ABC):
         last_val: tuple[float, float | None] | None = None
         if resume is not None:
             step, tokens, best_val, last_val = self._restore(resume, optimizers, loader)
+            refuse_past_max_steps(resume, step, cfg.max_steps)
         model = self._wrap(raw_model)
         dtype = autocast_dtype(device, cfg.precision)
         scaler = torch.amp.GradScaler(device.type) if dtype is torch.float16 else None
@@ -363,6 +373,7 @@ class Trainer(ABC):
         state = _read_json(resume / "trainer.json")
         load_optimizer_state(optimizers, resume)
         step, tokens = int(state["step"]), int(state["tokens"])
+        self._warn_schedule_change(resume, step, state.get("max_steps"))
         saved = state.get("loader")  # one position for all ranks; older checkpoints hold a list, one per rank
         if not saved:
             raise MicrogptError(f"{resume} holds no data-loader position (a soup or an export): it cannot be resumed")
@@ -379,6 +390,36 @@ class Trainer(ABC):
         last_val = (float(meta["val_loss"]), meta.get("val_bpb")) if meta.get("val_loss") is not None else None
         log.info("resuming from %s (step %d, %s tokens)", resume, step, f"{tokens:,}")
         return step, tokens, float(state.get("best_val_loss") or math.inf), last_val
+
+    def _warn_schedule_change(self, resume: Path, step: int, saved_max_steps: Any) -> None:
+        """Say what a changed ``train.max_steps`` does to the learning rate (the schedule is a function of it)."""
+        cfg = self.config
+        if not isinstance(saved_max_steps, int) or saved_max_steps == cfg.max_steps or step >= cfg.max_steps:
+            return
+        before, after = (
+            lr_multiplier(
+                step,
+                max_steps=total,
+                warmup_steps=cfg.warmup_steps,
+                schedule=cfg.schedule,
+                min_lr_ratio=cfg.min_lr_ratio,
+                decay_fraction=cfg.decay_fraction,
+            )
+            for total in (saved_max_steps, cfg.max_steps)
+        )
+        log.warning(
+            "train.max_steps changed from %d to %d since %s: the %s schedule is recomputed over %d steps, so the "
+            "learning-rate multiplier at step %d moves from %.4g to %.4g and decays to its minimum at step %d",
+            saved_max_steps,
+            cfg.max_steps,
+            resume.name,
+            cfg.schedule,
+            cfg.max_steps,
+            step,
+            before,
+            after,
+            cfg.max_steps,
+        )
 
     def _wrap(self, raw_model: nn.Module) -> nn.Module:
         """The module the loop calls: compiled (by default on CUDA only) and, with several ranks, DDP-wrapped.
@@ -517,6 +558,7 @@ class Trainer(ABC):
                 "best_val_loss": best_val if math.isfinite(best_val) else None,
                 "loader": loader.state_dict(),
                 "world_size": self.dist.world_size,
+                "max_steps": self.config.max_steps,  # a resume with another max_steps can say what changes
             }
             meta = {
                 "tokens": tokens,
@@ -556,6 +598,28 @@ def _agreed_resume(path: str | None, dist: DistInfo) -> Path | None:
             "out_dir on a shared file system"
         )
     return Path(path)
+
+
+def checkpoint_step(step_dir: Path) -> int | None:
+    """The step a checkpoint was saved at (its ``meta.json``), or None when it does not say."""
+    step = read_meta(step_dir).get("step")
+    return step if isinstance(step, int) else None
+
+
+def refuse_past_max_steps(step_dir: Path | None, step: int | None, max_steps: int) -> None:
+    """Refuse to resume a run whose newest checkpoint is already past ``train.max_steps`` (lowering it).
+
+    A run exactly at ``max_steps`` is finished (a rerun does nothing); one past it cannot go back.
+
+    Raises:
+        MicrogptError: Naming the checkpoint, its step and the fix.
+    """
+    if step_dir is None or step is None or step <= max_steps:
+        return
+    raise MicrogptError(
+        f"{step_dir} is at step {step}, past train.max_steps={max_steps}: a run cannot go back; set "
+        f"train.max_steps={step} (or more) to resume it, or use another out_dir to train a shorter run"
+    )
 
 
 def _due(step: int, interval: int) -> bool:

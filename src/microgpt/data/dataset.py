@@ -10,7 +10,7 @@ from pathlib import Path
 
 from pydantic import Field
 
-from microgpt.common.atomic import atomic_directory
+from microgpt.common.atomic import atomic_directory, make_out_dir
 from microgpt.common.config import ConfigBase, dump_config, load_yaml
 from microgpt.common.errors import MicrogptError
 from microgpt.common.log import get_logger
@@ -64,7 +64,7 @@ def prepare_dataset(config: PrepareConfig, *, progress: bool = False) -> Manifes
         MicrogptError: On bad input, or when ``out_dir`` holds the output of a different config.
     """
     out = Path(config.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    make_out_dir(out, "out_dir")
     _check_same_config(config, out)
     dump_config(config, out / CONFIG_FILE)
     tokenizer_dir = out / TOKENIZER_DIR

@@ -27,7 +27,7 @@ import numpy as np
 import numpy.typing as npt
 from tqdm import tqdm
 
-from microgpt.common.atomic import atomic_write_text
+from microgpt.common.atomic import atomic_write_text, make_out_dir
 from microgpt.common.errors import MicrogptError
 from microgpt.common.log import get_logger
 from microgpt.data.config import SPLITS, DataConfig, Split
@@ -220,7 +220,7 @@ def prepare_data(
             or when ``out_dir`` holds data prepared from another config or tokenizer.
     """
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    make_out_dir(out, "out_dir")
     stats = stats if stats is not None else PrepareStats()
     digest = config_hash(config, tokenizer)
     if (out / MANIFEST).exists():

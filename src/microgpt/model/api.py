@@ -154,12 +154,26 @@ async def load_model_async(path: str | Path, *, device: str = "auto") -> LoadedM
 
 @dataclass
 class EvalResult:
-    """Validation loss of a checkpoint on a split."""
+    """Validation loss of a checkpoint on a split (or its first batches).
+
+    Attributes:
+        loss: Mean loss over the scored target tokens, nats/token.
+        bits_per_byte: ``loss`` converted with the split's bytes per token.
+        tokens: Target tokens scored (fewer than the split's with ``max_batches``).
+        split_tokens: Tokens in the whole split.
+        split_bytes: UTF-8 bytes of the whole split.
+    """
 
     loss: float
     bits_per_byte: float
     tokens: int
-    bytes: int
+    split_tokens: int
+    split_bytes: int
+
+    @property
+    def partial(self) -> bool:
+        """Whether fewer targets were scored than the split has (``max_batches`` stopped early)."""
+        return self.tokens < self.split_tokens - 1  # a split of n tokens has n - 1 targets at most
 
 
 @torch.no_grad()
@@ -220,4 +234,5 @@ def evaluate_checkpoint(
         raise MicrogptError(f"the {split} split is empty")
     mean = total / count
     tokens, nbytes = manifest.split_tokens(split), manifest.split_bytes(split)
-    return EvalResult(loss=mean, bits_per_byte=mean * tokens / nbytes / math.log(2), tokens=tokens, bytes=nbytes)
+    bpb = mean * tokens / nbytes / math.log(2)
+    return EvalResult(loss=mean, bits_per_byte=bpb, tokens=count, split_tokens=tokens, split_bytes=nbytes)

@@ -29,7 +29,13 @@ import yaml
 from pydantic import Field
 from torch import nn
 
-from microgpt.common.checkpoint import CheckpointError, load_model_weights, read_meta, resolve_checkpoint
+from microgpt.common.checkpoint import (
+    CheckpointError,
+    latest_checkpoint,
+    load_model_weights,
+    read_meta,
+    resolve_checkpoint,
+)
 from microgpt.common.config import ConfigBase, validate_config
 from microgpt.common.errors import MicrogptError
 from microgpt.common.log import get_logger
@@ -38,6 +44,7 @@ from microgpt.data.config import Split
 from microgpt.data.manifest import Manifest
 from microgpt.model.config import GPTConfig
 from microgpt.model.gpt import GPT
+from microgpt.model.pretrain import RESUME_SAFE, flatten_config
 
 log = get_logger(__name__)
 
@@ -146,6 +153,40 @@ class FinetuneTrainer(Trainer):
                     f"checkpoint {self.parent_dir}: prepare the stage-2 data with the parent's tokenizer/"
                 )
         self.eval_manifest = Manifest.load(self.eval_dir)
+        self._refuse_another_finetune()
+
+    def settings(self) -> dict[str, Any]:
+        """What makes this fine-tune this one: the config, flattened, less paths of its own and resume-safe keys.
+
+        ``init_from`` is left out because the parent is compared by content id (a moved folder is the same
+        parent); ``train.max_steps`` and the other keys a pretraining resume may change are left out too.
+        """
+        flat = flatten_config(self.finetune.to_dict())
+        return {k: v for k, v in flat.items() if k not in {"out_dir", "init_from"} and k not in RESUME_SAFE}
+
+    def _refuse_another_finetune(self) -> None:
+        """Refuse to resume a fine-tune of another parent or with other settings (as pretraining refuses).
+
+        Raises:
+            MicrogptError: Naming the folder, what differs and the fix.
+        """
+        out = Path(self.finetune.out_dir)
+        newest = latest_checkpoint(out / "checkpoints", verify=False)
+        if newest is None:
+            return
+        meta = read_meta(newest)
+        fix = f"use another out_dir, or delete {out / 'checkpoints'} to start over"
+        if meta.get("parent") != self.parent:
+            was = meta.get("parent_path") or meta.get("parent") or "no parent"
+            raise MicrogptError(f"{out} holds a fine-tune of another parent ({was}), not of {self.parent_dir}: {fix}")
+        saved = meta.get("finetune_settings")
+        if not isinstance(saved, dict):
+            return  # written before settings were recorded: the parent check is all there is
+        now = self.settings()
+        differ = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
+        if differ:
+            shown = ", ".join(differ[:4]) + (" …" if len(differ) > 4 else "")
+            raise MicrogptError(f"{out} holds a fine-tune with other settings (it differs in {shown}): {fix}")
 
     # ---- hooks of the base loop -------------------------------------------------------------------------------
 
@@ -228,6 +269,7 @@ class FinetuneTrainer(Trainer):
             "ancestor": self.ancestor,
             "parent_path": str(self.parent_dir),
             "tokenizer_fingerprint": self.fingerprint,
+            "finetune_settings": self.settings(),
         }
 
     def write_checkpoint_extra(self, directory: Path) -> None:

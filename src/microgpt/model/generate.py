@@ -27,7 +27,9 @@ class SamplingConfig(ConfigBase):
     max_new_tokens: int = Field(200, ge=0, description="Tokens to generate at most.")
     temperature: float = Field(1.0, ge=0.0, description="Divides the logits; 0 means greedy (argmax).")
     top_k: int | None = Field(None, ge=1, description="Sample only among the k most likely tokens.")
-    top_p: float | None = Field(None, gt=0.0, le=1.0, description="Sample among the smallest set with mass >= p.")
+    top_p: float | None = Field(
+        None, ge=0.0, le=1.0, description="Sample among the smallest set with mass >= p (0: the top token)."
+    )
     seed: int | None = Field(None, description="Seed of the sampling generator, for repeatable samples.")
 
 
@@ -46,7 +48,7 @@ def sample_next(
         temperature: 0 → argmax; otherwise logits are divided by it before the softmax.
         top_k: Keep the ``k`` largest logits.
         top_p: Nucleus sampling (Holtzman et al. 2019): keep the most likely tokens whose cumulative probability
-            first reaches ``p`` (always at least one).
+            first reaches ``p`` (always at least one: ``0`` keeps only the most likely token).
         generator: Source of randomness (for seeds).
 
     Returns:
@@ -61,8 +63,10 @@ def sample_next(
     if top_p is not None and top_p < 1.0:
         sorted_logits, order = logits.sort(dim=-1, descending=True)
         cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
-        # Drop a token when the tokens before it already reach p; the first token is never dropped.
+        # Drop a token when the tokens before it already reach p; the first token is never dropped, so top_p = 0
+        # keeps the most likely token alone (the limit of p → 0), as greedy decoding would.
         drop_sorted = (cumulative - sorted_logits.softmax(dim=-1)) >= top_p
+        drop_sorted[..., 0] = False
         drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
         logits = logits.masked_fill(drop, float("-inf"))
     probs = logits.softmax(dim=-1)

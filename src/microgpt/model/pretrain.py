@@ -18,12 +18,21 @@ import yaml
 from pydantic import Field, model_validator
 from torch import nn
 
+from microgpt.common.atomic import make_out_dir
+from microgpt.common.checkpoint import latest_checkpoint
 from microgpt.common.config import ConfigBase, dump_config, load_yaml
 from microgpt.common.device import pick_device
 from microgpt.common.dist import DistInfo, check_shared_dir, destroy_distributed, init_distributed, run_on_main
 from microgpt.common.errors import ConfigError, MicrogptError
 from microgpt.common.log import get_logger
-from microgpt.common.trainer import Batch, TrainConfig, Trainer, TrainResult
+from microgpt.common.trainer import (
+    Batch,
+    TrainConfig,
+    Trainer,
+    TrainResult,
+    checkpoint_step,
+    refuse_past_max_steps,
+)
 from microgpt.data import DataConfig, Manifest
 from microgpt.data.loader import TokenLoader
 from microgpt.model.config import GPTConfig
@@ -85,11 +94,12 @@ class RunConfig(ConfigBase):
         return data
 
 
-def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+def flatten_config(data: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested config data as one level of dotted keys (``{"train": {"lr": 1}}`` → ``{"train.lr": 1}``)."""
     if isinstance(data, dict):
         flat: dict[str, Any] = {}
         for key, value in data.items():
-            flat.update(_flatten(value, f"{prefix}{key}."))
+            flat.update(flatten_config(value, f"{prefix}{key}."))
         return flat
     return {prefix.rstrip("."): data}
 
@@ -104,7 +114,7 @@ def check_out_dir(config: RunConfig, *, overwrite: bool) -> None:
     saved_path = out / RUN_CONFIG
     if not saved_path.is_file():
         return
-    saved, now = _flatten(load_yaml(saved_path)), _flatten(config.to_dict())
+    saved, now = flatten_config(load_yaml(saved_path)), flatten_config(config.to_dict())
     differ = sorted(k for k in set(saved) | set(now) if k not in RESUME_SAFE and saved.get(k) != now.get(k))
     if not differ:
         return
@@ -262,9 +272,13 @@ def run_pretraining(config: RunConfig, *, overwrite: bool = False) -> TrainResul
 
 
 def _prepare_on_main(config: RunConfig, *, overwrite: bool) -> tuple[Tokenizer, Path]:
+    """Rank 0's part: check out_dir (another run, a lowered max_steps, a file in the way), prepare, save config."""
     """Rank 0's part: check out_dir, prepare the data, save the run config."""
     check_out_dir(config, overwrite=overwrite)
-    Path(config.out_dir).mkdir(parents=True, exist_ok=True)
+    newest = latest_checkpoint(Path(config.out_dir) / "checkpoints", verify=False)
+    if newest is not None:  # before anything is rewritten (run_config.yaml, metrics.jsonl)
+        refuse_past_max_steps(newest, checkpoint_step(newest), config.train.max_steps)
+    make_out_dir(Path(config.out_dir), "out_dir")
     prepared = prepare_run_data(config, progress=config.train.progress)
     dump_config(config, Path(config.out_dir) / RUN_CONFIG)
     return prepared

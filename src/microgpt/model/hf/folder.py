@@ -7,6 +7,7 @@ Which family a model becomes is :mod:`microgpt.model.hf.families`; the tensor na
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from microgpt.common.atomic import atomic_write_text
+from microgpt.common.atomic import atomic_write_text, make_out_dir
 from microgpt.common.errors import MicrogptError
 from microgpt.model.config import GPTConfig
 from microgpt.model.gpt import GPT
@@ -132,8 +133,7 @@ def export_hf(model: GPT, tokenizer: Tokenizer | None, out_dir: str | Path) -> P
         ConfigError: When the configuration has no ``transformers`` equivalent (the option is named).
     """
     arch = export_arch(model.config)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = make_out_dir(Path(out_dir), "export folder")
     eos = tokenizer.special_tokens.get(ENDOFTEXT) if tokenizer is not None else None
     if tokenizer is not None and tokenizer.n_vocab != model.config.vocab_size:
         raise MicrogptError(f"tokenizer has {tokenizer.n_vocab} tokens, the model {model.config.vocab_size}")
@@ -188,21 +188,34 @@ def _download_gpt2(name: str) -> Path:
         raise MicrogptError(f"cannot download {name} from the Hugging Face Hub: {first}") from None
 
 
-def import_to_checkpoint(source: str | Path, out_dir: str | Path) -> Path:
+def import_to_checkpoint(source: str | Path, out_dir: str | Path, *, overwrite: bool = False) -> Path:
     """Write a ``transformers`` model (a GPT-2 name or a folder) as a microgpt checkpoint, e.g. to fine-tune it.
 
     Args:
         source: ``gpt2``, ``gpt2-medium``, ``gpt2-large``, ``gpt2-xl`` (downloaded or cached), or a folder.
         out_dir: A run directory; the checkpoint goes to ``out_dir/checkpoints/step-0000000``, so ``out_dir``
             works wherever a command takes ``CHECKPOINT`` (``sample``, ``eval``, fine-tuning's ``init_from``).
+        overwrite: Replace the checkpoints already in ``out_dir`` (refused otherwise; the old ones stay until
+            the new one is complete).
 
     Returns:
         The step directory.
 
     Raises:
-        MicrogptError: As :func:`import_hf` / :func:`load_pretrained_gpt2`, or when the folder has no tokenizer.
+        MicrogptError: As :func:`import_hf` / :func:`load_pretrained_gpt2`, when the folder has no tokenizer, or
+            when ``out_dir`` already holds checkpoints or files and ``overwrite`` is false.
     """
-    from microgpt.common.checkpoint import CheckpointWriter, capture_rng_state
+    from microgpt.common.checkpoint import CheckpointWriter, capture_rng_state, list_checkpoints
+
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise MicrogptError(f"import folder {out} is a file, not a folder: choose another path")
+    occupied = out.is_dir() and any(out.iterdir())
+    if occupied and not overwrite:
+        held = list_checkpoints(out / "checkpoints")
+        what = f"checkpoint {held[-1].name}" if held else "files"
+        raise MicrogptError(f"{out} already holds {what}; import into another folder, or pass --overwrite to replace")
+    make_out_dir(out / "checkpoints", "import folder")
 
     folder = Path(source)
     if not folder.is_dir():
@@ -220,8 +233,8 @@ def import_to_checkpoint(source: str | Path, out_dir: str | Path) -> Path:
     def write_tokenizer(tmp: Path) -> None:
         tokenizer.save(tmp / "tokenizer")
 
-    writer = CheckpointWriter(Path(out_dir) / "checkpoints", keep_last=0)
-    return writer.save(
+    writer = CheckpointWriter(out / "checkpoints", keep_last=0)
+    written = writer.save(
         0,
         model=model,
         optimizers=[],
@@ -232,3 +245,7 @@ def import_to_checkpoint(source: str | Path, out_dir: str | Path) -> Path:
         meta={"tokens": 0, "tokenizer_fingerprint": tokenizer.fingerprint, "source": str(source)},
         write_extra=write_tokenizer,
     )
+    for older in list_checkpoints(out / "checkpoints"):  # --overwrite: the import is now the run's only checkpoint
+        if older != written:
+            shutil.rmtree(older)
+    return written
