@@ -10,7 +10,13 @@ import pytest
 from tests.http_server import ServerState, serve
 
 ROOT = Path(__file__).resolve().parent.parent
+# The project's shared data collection beside the repository (~29 MB of real corpora, OpenAI's rank files, the
+# HellaSwag sample). It is not part of a clone: the tests that read it skip without it (README, "Tests").
 SHARED_DATA = ROOT.parent / "shared" / "data"
+SHARED_SKIP = (
+    "../shared/data (the project's shared data folder, beside the repository) is not present; it does not ship "
+    "with a clone; README, 'Tests', says what it holds and how to get the files"
+)
 
 
 @pytest.fixture
@@ -24,7 +30,7 @@ def http_server() -> Iterator[tuple[str, ServerState]]:
 def shared_data() -> Path:
     """The folder of real data files beside the project (skips when it is absent)."""
     if not SHARED_DATA.is_dir():
-        pytest.skip("../shared/data is not present")
+        pytest.skip(SHARED_SKIP)
     return SHARED_DATA
 
 

@@ -3,8 +3,9 @@
 The kernel is ``python3``: ipykernel installs that spec into the virtual environment (``.venv/share/jupyter``)
 and jupyter_client starts it with this interpreter (``sys.executable``), so a fresh clone after ``make sync`` needs
 no ``ipykernel install`` step (``JUPYTER_PREFER_ENV_PATH=1`` makes that spec win over a user-level one). The
-kernel inherits this process's environment, including the hermetic caches of ``conftest.py`` and
-``MICROGPT_NOTEBOOK_SMALL=1``.
+kernel inherits this process's environment, including the hermetic caches of ``conftest.py``,
+``MICROGPT_NOTEBOOK_SMALL=1`` and ``MICROGPT_NOTEBOOK_OFFLINE=1``. The notebooks need nothing outside the
+repository: without ../shared, 01 skips only its comparison with OpenAI's encodings (it never downloads in a test).
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from pathlib import Path
 import nbformat
 import pytest
 from nbclient import NotebookClient
+
+from tests.conftest import SHARED_DATA
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("*.ipynb"))
 
@@ -44,6 +47,7 @@ def shared_run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[path.stem for path in NOTEBOOKS])
 def test_notebook_runs(path: Path, shared_run_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MICROGPT_NOTEBOOK_SMALL", "1")
+    monkeypatch.setenv("MICROGPT_NOTEBOOK_OFFLINE", "1")
     monkeypatch.setenv("MICROGPT_NOTEBOOK_RUN_DIR", str(shared_run_dir))
     # The venv's kernelspec before a user-level one (`ipykernel install --user` elsewhere would shadow it).
     monkeypatch.setenv("JUPYTER_PREFER_ENV_PATH", "1")
@@ -56,5 +60,8 @@ def test_notebook_runs(path: Path, shared_run_dir: Path, monkeypatch: pytest.Mon
     assert not [out for out in outputs if out.output_type == "error"]
     printed = "".join(out.get("text", "") for out in outputs)
     assert printed.strip(), f"{path.name} printed nothing"
+    if path.name == "01-tokenizer.ipynb":  # compares with GPT-2 and GPT-4 exactly when their files are at hand
+        compared = (SHARED_DATA / "tokenizers").is_dir()
+        assert ("gpt4 (cl100k)" in printed) == compared and ("GPT-2 and GPT-4 skipped" in printed) != compared
     if any("plt.show()" in cell.source for cell in notebook.cells):  # its figures must really be drawn
         assert any("image/png" in out.get("data", {}) for out in outputs), f"{path.name} drew no figure"

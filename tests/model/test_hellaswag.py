@@ -39,7 +39,7 @@ def gpt2_encoding() -> tiktoken.Encoding:
     """tiktoken's GPT-2 encoding built offline from the shared rank file (an encoder we did not write)."""
     ranks = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "tokenizers" / "r50k_base.tiktoken"
     if not ranks.exists():
-        pytest.skip("../shared/data/tokenizers is not present")
+        pytest.skip("no ../shared/data/tokenizers/r50k_base.tiktoken (`microgpt tokenizer info r50k_base` gets it)")
     return tiktoken.Encoding(
         name="gpt2",
         pat_str=r50k_pat_str,

@@ -19,7 +19,11 @@ PRETRAINED = ["gpt2", "r50k_base", "p50k_base", "p50k_edit", "cl100k_base", "o20
 
 def _require_files() -> None:
     if not TOKENIZER_FILES.is_dir():
-        pytest.skip("../shared/data/tokenizers is not present")
+        pytest.skip(
+            "OpenAI's rank files are not in ../shared/data/tokenizers (not part of a clone): `microgpt tokenizer "
+            "info NAME` downloads NAME's into ~/.cache/microgpt/tokenizers; copy r50k_base, p50k_base, cl100k_base "
+            "and o200k_base .tiktoken, encoder.json and vocab.bpe there to run these tests"
+        )
 
 
 @pytest.fixture(scope="session")

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import base64
 import hashlib
 import shutil
 from pathlib import Path
@@ -13,7 +14,10 @@ from microgpt.common.errors import ConfigError, MicrogptError
 from microgpt.tokenizer import Tokenizer
 from microgpt.tokenizer.pretrained import RemoteFile, fetch, tokenizer_cache_dir
 from tests.http_server import ServerState
-from tests.tokenizer.conftest import PRETRAINED, TOKENIZER_FILES
+from tests.tokenizer.conftest import PRETRAINED
+
+# A small rank file in tiktoken's format (base64 token, space, rank) for the download tests: the bytes of 256 tokens.
+RANK_FILE = b"".join(base64.b64encode(bytes([i])) + b" %d\n" % i for i in range(256))
 
 SAMPLES = [
     "",
@@ -48,7 +52,7 @@ def test_pretrained_equals_tiktoken_on_samples(name: str, ours: Any, oracle: Any
 @pytest.mark.parametrize("name", ["r50k_base", "cl100k_base", "o200k_base"])
 def test_regex_path_equals_tiktoken_too(name: str, pretrained_dir: Path, oracle: Any) -> None:
     tok = Tokenizer.from_pretrained(name, cache_dir=pretrained_dir)
-    tok._encoder.compiled_kind = None  # what runs without numba (or with MICROGPT_NO_JIT=1)
+    tok._encoder.compiled_kind = None  # what runs without numba (or with MICROGPT_KERNELS=0)
     for text in SAMPLES:
         assert tok.encode_ordinary(text) == oracle(name).encode_ordinary(text), text
 
@@ -114,7 +118,7 @@ def test_cache_dir_resolution(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -
 
 def test_download_into_cache_then_offline(http_server: tuple[str, ServerState], tmp_path: Path) -> None:
     url, state = http_server
-    data = (TOKENIZER_FILES / "r50k_base.tiktoken").read_bytes()
+    data = RANK_FILE
     state.files["r50k_base.tiktoken"] = data
     remote = RemoteFile(f"{url}/files/r50k_base.tiktoken", hashlib.sha256(data).hexdigest())
     path = fetch(remote, tmp_path)
@@ -125,7 +129,7 @@ def test_download_into_cache_then_offline(http_server: tuple[str, ServerState], 
 
 def test_corrupt_cached_file_is_downloaded_again(http_server: tuple[str, ServerState], tmp_path: Path) -> None:
     url, state = http_server
-    data = (TOKENIZER_FILES / "r50k_base.tiktoken").read_bytes()
+    data = RANK_FILE
     state.files["r50k_base.tiktoken"] = data
     (tmp_path / "r50k_base.tiktoken").write_bytes(data[:1000])  # truncated
     remote = RemoteFile(f"{url}/files/r50k_base.tiktoken", hashlib.sha256(data).hexdigest())

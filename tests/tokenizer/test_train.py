@@ -12,6 +12,10 @@ from microgpt.tokenizer import Tokenizer, TokenizerConfig, build_tokenizer
 from microgpt.tokenizer.bpe import merge_pair
 from microgpt.tokenizer.patterns import GPT4_PATTERN, compile_pattern
 from microgpt.tokenizer.trainer import capped_documents, count_chunks, learn_vocab
+from tests.conftest import ROOT
+
+# The first 90% of Tiny Shakespeare, which ships with microgpt (data/README.md).
+SHAKESPEARE_TRAIN = ROOT / "data" / "tinyshakespeare" / "train.txt"
 
 SAMPLE = [
     "First Citizen:\nBefore we proceed any further, hear me speak.\n",
@@ -44,8 +48,8 @@ def reference_vocab(chunk_counts: Counter[str], n_merges: int) -> list[bytes]:
     return vocab
 
 
-def test_incremental_trainer_equals_recount_trainer(shared_data: Path) -> None:
-    text = (shared_data / "tinyshakespeare.txt").read_text(encoding="utf-8")[:12_000] + "".join(SAMPLE)
+def test_incremental_trainer_equals_recount_trainer() -> None:
+    text = SHAKESPEARE_TRAIN.read_text(encoding="utf-8")[:12_000] + "".join(SAMPLE)
     counts = count_chunks([text], GPT4_PATTERN)
     assert learn_vocab(counts, 200) == reference_vocab(counts, 200)
 
@@ -67,8 +71,8 @@ def test_train_round_trips_and_orders_tokens() -> None:
     assert len(tok.encode(SAMPLE[0])) < len(SAMPLE[0].encode("utf-8"))
 
 
-def test_training_is_deterministic_across_runs_and_workers(shared_data: Path) -> None:
-    text = (shared_data / "tinyshakespeare.txt").read_text(encoding="utf-8")[:400_000]
+def test_training_is_deterministic_across_runs_and_workers() -> None:
+    text = SHAKESPEARE_TRAIN.read_text(encoding="utf-8")[:400_000]
     docs = text.split("\n\n")
     one = Tokenizer.train(docs, 600, workers=1)
     again = Tokenizer.train(docs, 600, workers=1)
