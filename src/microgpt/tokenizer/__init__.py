@@ -7,6 +7,6 @@
 """
 
 from microgpt.tokenizer.config import TokenizerConfig, build_tokenizer
-from microgpt.tokenizer.tokenizer import DisallowedSpecialError, Tokenizer
+from microgpt.tokenizer.tokenizer import DisallowedSpecialError, Tokenizer, UnknownTokenError
 
-__all__ = ["DisallowedSpecialError", "Tokenizer", "TokenizerConfig", "build_tokenizer"]
+__all__ = ["DisallowedSpecialError", "Tokenizer", "TokenizerConfig", "UnknownTokenError", "build_tokenizer"]

@@ -20,6 +20,7 @@ from operator import is_
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from microgpt.tokenizer.bpe import encode_chunk
 from microgpt.tokenizer.patterns import class_table
@@ -90,6 +91,11 @@ class ChunkBPE:
         rest = iter(self._encode_pieces(list(compress(pieces, map(is_, whole, repeat(None))))))
         return [(rank,) if rank is not None else next(rest) for rank in whole]
 
+    def encode_piece(self, piece: bytes) -> tuple[int, ...]:
+        """BPE of one piece of raw bytes (any bytes, not only UTF-8), with no split: a piece that is a token is it."""
+        whole = self.ranks.get(piece)
+        return (whole,) if whole is not None else self._encode_pieces([piece])[0]
+
     def _encode_pieces(self, pieces: list[bytes]) -> list[tuple[int, ...]]:
         """BPE of pieces that are not single tokens: compiled in one call when numba is there."""
         kernels = _kernels()
@@ -111,10 +117,15 @@ class ChunkBPE:
         Only when :func:`jit_available`; nothing here makes a Python object per chunk, and both kernels release
         the GIL, so threads encode in parallel.
         """
+        ids: list[int] = self.encode_text_array(text, kind).tolist()
+        return ids
+
+    def encode_text_array(self, text: bytes, kind: int) -> npt.NDArray[np.int64]:
+        """:meth:`encode_text` as the kernel's own ``int64`` array (no Python int per token)."""
         kernels = _kernels()
         assert kernels is not None, "encode_text needs the compiled kernels"
         build_table, encode_chunks, chunk_starts = kernels
         data = np.frombuffer(text, np.uint8)
+        flat: npt.NDArray[np.int64]
         flat, _ = encode_chunks(data, chunk_starts(data, kind, class_table()), *self._hash_table(build_table))
-        ids: list[int] = flat.tolist()
-        return ids
+        return flat

@@ -18,6 +18,10 @@ behind, so a chunk boundary always lies before such a space, and the chunks on e
 their own side (lookaheads such as ``(?!\S)`` and ``$`` cannot reach past a segment's non-whitespace last
 character). The parity tests against tiktoken check this on all the shared text (hundreds of languages) and
 on generated text. A custom pattern gets no segment cache.
+
+Raw bytes that are not valid UTF-8 (:meth:`ChunkEncoder.encode_bytes`) follow tiktoken's ``_encode_bytes``: the
+regex needs text, so the valid prefix is encoded as text and everything from the first invalid byte on joins the
+prefix's last chunk as one BPE piece.
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ from collections import deque
 from itertools import accumulate, chain, compress, islice, repeat
 from operator import is_
 
+import numpy as np
+import numpy.typing as npt
 import regex
 
 from microgpt.tokenizer.bpe_jit import ChunkBPE, jit_available
@@ -34,6 +40,7 @@ from microgpt.tokenizer.patterns import PATTERN_KINDS, pattern_name
 CHUNK_CACHE_LIMIT = 1 << 18  # entries before a cache is cleared (bounded memory on endless streams)
 SEGMENT_CACHE_LIMIT = 1 << 18
 MAX_CACHED_SEGMENT = 64  # longer segments (URLs, text without spaces) are not worth a cache entry
+SPACE_BYTES = b" \n\t"  # tokens of only these bytes join the re-encoded tail of invalid UTF-8 (tiktoken's rule)
 
 # Cached ids are tuples, not lists: the cyclic garbage collector stops tracking a tuple of ints, whereas each of
 # the ~10^5 lists a cold pass would cache stays tracked and is re-scanned by every full collection (measured:
@@ -53,6 +60,7 @@ class ChunkEncoder:
         name = pattern_name(pattern)
         self.segments: dict[str, Ids] | None = None if name is None else {}
         self.compiled_kind = PATTERN_KINDS[name] if name is not None and jit_available() else None
+        self._space_tokens: dict[int, int] | None = None  # id → length of the tokens made only of SPACE_BYTES
 
     def encode(self, text: str) -> list[int]:
         """Token ids of ``text``; raises ``UnicodeEncodeError`` on a lone surrogate (the caller fixes the text)."""
@@ -65,6 +73,61 @@ class ChunkEncoder:
         if None in found:
             self._fill_missing(segments, found)
         return list(chain.from_iterable(found))  # type: ignore[arg-type]  # no None is left
+
+    def encode_array(self, text: str) -> npt.NDArray[np.uint32]:
+        """:meth:`encode` as a ``uint32`` array; the compiled path never makes a Python int per token."""
+        if self.compiled_kind is not None:
+            return self.bpe.encode_text_array(text.encode("utf-8"), self.compiled_kind).astype(np.uint32)
+        return np.array(self.encode(text), dtype=np.uint32)
+
+    def encode_bytes(self, data: bytes) -> list[int]:
+        r"""Token ids of raw bytes, valid UTF-8 or not, exactly as tiktoken's ``Encoding._encode_bytes``.
+
+        Valid UTF-8 is encoded as its text. Otherwise the longest valid prefix is encoded as text; the tokens of
+        its last chunk are taken back (with the all-whitespace tokens just before them when that chunk starts
+        with one: patterns such as cl100k's ``\s*[\r\n]+`` move such splits as text grows), and their bytes plus
+        every byte from the first invalid one to the end are BPE-encoded as ONE piece, with no regex split. This
+        guesses what a model saw for truncated UTF-8 well, and it never loses a byte: the ids decode to ``data``.
+        """
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as error:
+            valid = error.start  # bytes before the first invalid sequence are valid UTF-8 (Rust's valid_up_to)
+        else:
+            return self.encode(text)
+        prefix = data[:valid].decode("utf-8")
+        ids = self.encode(prefix)
+        tail = valid  # where the piece to re-encode starts in data
+        if ids:
+            last = self.last_chunk(prefix)
+            taken = len(self.bpe.encode([last])[0])
+            tail -= len(last.encode("utf-8"))
+            spaces = self.space_tokens()
+            if ids[-taken] in spaces:
+                while taken < len(ids) and ids[-taken - 1] in spaces:
+                    taken += 1
+                    tail -= spaces[ids[-taken]]
+            del ids[len(ids) - taken :]
+        ids += self.bpe.encode_piece(data[tail:])
+        return ids
+
+    def last_chunk(self, text: str) -> str:
+        """The last chunk the pattern cuts from ``text`` (which gave tokens); known patterns: from the last segment."""
+        start = 0
+        if self.segments is not None:  # the chunks of the last segment depend on it alone (module docstring)
+            start = text.rfind(" ")
+            while start > 0 and text[start - 1].isspace():
+                start = text.rfind(" ", 0, start)
+        chunks: list[str] = self.findall(text[max(start, 0) :])
+        assert chunks, "text that gave tokens has a chunk"
+        return chunks[-1]
+
+    def space_tokens(self) -> dict[int, int]:
+        """Id → byte length of every token made only of spaces, newlines and tabs (built on first use)."""
+        if self._space_tokens is None:
+            ranks = self.bpe.ranks
+            self._space_tokens = {r: len(t) for t, r in ranks.items() if t and not t.translate(None, SPACE_BYTES)}
+        return self._space_tokens
 
     def _fill_missing(self, segments: list[str], found: list[Ids | None]) -> None:
         """Encode the segments not in the cache with ONE regex call over all of them, joined.

@@ -29,17 +29,17 @@ def _init_worker(tokenizer: Tokenizer) -> None:
     _worker_tokenizer = tokenizer
 
 
-def _encode_group(job: tuple[list[str], SpecialOption, SpecialOption]) -> list[array.array[int]]:
+def _encode_group(job: tuple[list[str | bytes], SpecialOption, SpecialOption]) -> list[array.array[int]]:
     texts, allowed, disallowed = job
     assert _worker_tokenizer is not None, "worker not initialised"
     encode = _worker_tokenizer.encode
     return [array.array("l", encode(t, allowed_special=allowed, disallowed_special=disallowed)) for t in texts]
 
 
-def split_evenly(texts: Sequence[str], n_groups: int) -> list[list[str]]:
+def split_evenly(texts: Sequence[str | bytes], n_groups: int) -> list[list[str | bytes]]:
     """Cut ``texts`` into at most ``n_groups`` consecutive groups of about equal character count."""
     target = max(1, sum(len(t) for t in texts) // n_groups)
-    groups: list[list[str]] = [[]]
+    groups: list[list[str | bytes]] = [[]]
     size = 0
     for text in texts:
         if size >= target:
@@ -50,7 +50,9 @@ def split_evenly(texts: Sequence[str], n_groups: int) -> list[list[str]]:
     return groups
 
 
-def encode_in_threads(encode: Callable[[str], list[int]], texts: Sequence[str], num_threads: int) -> list[list[int]]:
+def encode_in_threads(
+    encode: Callable[[str | bytes], list[int]], texts: Sequence[str | bytes], num_threads: int
+) -> list[list[int]]:
     """``[encode(t) for t in texts]`` on ``num_threads`` threads, a few contiguous groups each, in order."""
     groups = split_evenly(texts, num_threads * GROUPS_PER_WORKER)
     with ThreadPoolExecutor(num_threads, thread_name_prefix="microgpt-encode") as executor:
@@ -77,7 +79,9 @@ class EncodePool:
             context = multiprocessing.get_context("spawn")
             self._pool = context.Pool(num_workers, initializer=_init_worker, initargs=(tokenizer,))
 
-    def encode(self, texts: Sequence[str], allowed: SpecialOption, disallowed: SpecialOption) -> list[list[int]]:
+    def encode(
+        self, texts: Sequence[str | bytes], allowed: SpecialOption, disallowed: SpecialOption
+    ) -> list[list[int]]:
         """Encode ``texts`` across the workers, in order."""
         jobs = [(group, allowed, disallowed) for group in split_evenly(texts, self.num_workers * GROUPS_PER_WORKER)]
         return [row.tolist() for group in self._pool.map(_encode_group, jobs, chunksize=1) for row in group]

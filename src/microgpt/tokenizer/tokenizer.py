@@ -1,13 +1,27 @@
-"""The tokenizer object: our byte-level BPE with tiktoken's verbs (encode, encode_ordinary, decode, ...).
+r"""The tokenizer object: our byte-level BPE with tiktoken's verbs (encode, encode_ordinary, decode, ...).
 
 A tokenizer is a map from token bytes to rank (the token id), a split pattern and a set of special tokens.
 Encoding splits text with the pattern and encodes each chunk by rank order (:func:`~microgpt.tokenizer.bpe.
 encode_chunk`): in compiled code for the known patterns, else through a regex and a per-chunk cache
 (:mod:`~microgpt.tokenizer.encoder`).
 
+The public API is tiktoken's ``Encoding``, verb for verb, with its semantics and exceptions, so code written for
+tiktoken runs on it: ``encode``, ``encode_ordinary``, ``encode_batch``, ``encode_ordinary_batch``,
+``encode_to_numpy``, ``encode_single_token``, ``decode``, ``decode_bytes``, ``decode_single_token_bytes``,
+``decode_tokens_bytes``, ``decode_with_offsets``, ``decode_batch``, ``decode_bytes_batch``, ``token_byte_values``,
+``is_special_token``, ``n_vocab``, ``max_token_value``, ``eot_token``, ``special_tokens_set``, ``name``. An unknown
+token raises :class:`UnknownTokenError`, a ``KeyError`` as in tiktoken. (Not here: ``encode_with_unstable``.)
+
+Bytes in: every encode verb also takes ``bytes``, valid UTF-8 or not. Valid UTF-8 gives the ids of its text;
+otherwise the ids are tiktoken's ``Encoding._encode_bytes`` (see :meth:`Tokenizer.encode_ordinary`), and
+``decode_bytes`` gives the bytes back exactly. (tiktoken's ``encode`` takes ``str`` only: a ``str`` with lone
+surrogates, as ``bytes.decode(errors="surrogateescape")`` makes, has them replaced by U+FFFD, here as there.)
+
 >>> tok = Tokenizer.train(["hello hello world"], vocab_size=260, special_tokens=())
 >>> tok.decode(tok.encode("hello world"))
 'hello world'
+>>> tok.decode_bytes(tok.encode(b"hello \xff\xfe"))
+b'hello \xff\xfe'
 """
 
 from __future__ import annotations
@@ -16,10 +30,12 @@ import functools
 import hashlib
 import json
 import weakref
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Literal, TypedDict
 
+import numpy as np
+import numpy.typing as npt
 import regex
 
 from microgpt.common.errors import ConfigError, MicrogptError
@@ -41,6 +57,14 @@ class _EncodeOptions(TypedDict):
 
 class DisallowedSpecialError(MicrogptError, ValueError):
     """Text spells a special token that the caller did not allow (a ``ValueError``, as in tiktoken)."""
+
+
+class UnknownTokenError(MicrogptError, KeyError):
+    """A token id, or a text meant to be one token, that the vocabulary lacks (a ``KeyError``, as in tiktoken)."""
+
+    def __str__(self) -> str:
+        """The message itself (``KeyError`` would show it quoted, as a key)."""
+        return str(self.args[0]) if self.args else ""
 
 
 def _replace_surrogates(text: str) -> str:
@@ -84,9 +108,12 @@ class Tokenizer:
             self._decoder[token_id] = text.encode("utf-8")
         if len(set(self.special_tokens.values())) != len(self.special_tokens):
             raise ConfigError("two special tokens share one id")
+        self._special_ids = {token_id: text.encode("utf-8") for text, token_id in self.special_tokens.items()}
         self._encoder = ChunkEncoder(ranks, self.pattern, self._regex)
         self._pools: dict[int, EncodePool] = {}
-        self.n_vocab = max(self._decoder) + 1
+        # The largest id (tiktoken's name); cl100k_base, for one, has gaps below it. n_vocab sizes an embedding.
+        self.max_token_value: int = max(self._decoder)
+        self.n_vocab: int = self.max_token_value + 1
 
     # ---- construction ------------------------------------------------------------------------------------
 
@@ -209,10 +236,10 @@ class Tokenizer:
         """The id of ``<|endoftext|>``.
 
         Raises:
-            MicrogptError: When this tokenizer has no ``<|endoftext|>``.
+            UnknownTokenError: When this tokenizer has no ``<|endoftext|>`` (a ``KeyError``, as in tiktoken).
         """
         if ENDOFTEXT not in self.special_tokens:
-            raise MicrogptError(f"tokenizer {self.name!r} has no {ENDOFTEXT} special token")
+            raise UnknownTokenError(f"tokenizer {self.name!r} has no {ENDOFTEXT} special token")
         return self.special_tokens[ENDOFTEXT]
 
     @property
@@ -225,30 +252,47 @@ class Tokenizer:
         """``gpt2``, ``gpt4`` or ``o200k`` for a known pattern, else ``custom``."""
         return pattern_name(self.pattern) or "custom"
 
+    def is_special_token(self, token: int) -> bool:
+        """Whether ``token`` is the id of a special token."""
+        return token in self._special_ids
+
+    def token_byte_values(self) -> list[bytes]:
+        """The bytes of every regular (mergeable) token, sorted, as tiktoken lists them."""
+        return sorted(self.ranks)
+
     def token_bytes(self, token_id: int) -> bytes:
-        """The bytes of one token (a special token's UTF-8 text).
+        """The bytes of one token (a special token's UTF-8 text); the same as :meth:`decode_single_token_bytes`.
 
         Raises:
-            MicrogptError: When the id is not in the vocabulary.
+            UnknownTokenError: When the id is not in the vocabulary (a ``KeyError``).
         """
         try:
             return self._decoder[token_id]
         except KeyError:
-            raise MicrogptError(f"token id {token_id} is not in the vocabulary (n_vocab {self.n_vocab})") from None
+            raise self._unknown_id(token_id) from None
 
-    def encode_single_token(self, text: str | bytes) -> int:
-        """The id of a text that is exactly one token (a special token or a regular one).
+    def _unknown_id(self, token_id: object) -> UnknownTokenError:
+        return UnknownTokenError(f"token id {token_id!r} is not in the vocabulary (ids 0 to {self.max_token_value})")
+
+    def encode_single_token(self, text_or_bytes: str | bytes) -> int:
+        """The id of a text or bytes that are exactly one token, a regular or a special one.
+
+        As in tiktoken, special tokens are always accepted here (as text or as their UTF-8 bytes).
+
+        >>> Tokenizer.train(["ab"], 257, special_tokens=("<|endoftext|>",)).encode_single_token(b"<|endoftext|>")
+        256
 
         Raises:
-            MicrogptError: When the text is not a single token.
+            UnknownTokenError: When it is not a single token (a ``KeyError``, as in tiktoken).
         """
-        if isinstance(text, str):
-            if text in self.special_tokens:
-                return self.special_tokens[text]
-            text = text.encode("utf-8")
-        if text in self.ranks:
-            return self.ranks[text]
-        raise MicrogptError(f"{text!r} is not a single token")
+        data = text_or_bytes.encode("utf-8") if isinstance(text_or_bytes, str) else text_or_bytes
+        token_id = self.ranks.get(data)  # a regular token first, as tiktoken looks them up
+        if token_id is not None:
+            return token_id
+        try:
+            return self.special_tokens[data.decode("utf-8")]
+        except (UnicodeDecodeError, KeyError):
+            raise UnknownTokenError(f"{text_or_bytes!r} is not a single token of {self.name!r}") from None
 
     def __repr__(self) -> str:
         """Name, size and pattern."""
@@ -256,12 +300,22 @@ class Tokenizer:
 
     # ---- encoding ----------------------------------------------------------------------------------------
 
-    def encode_ordinary(self, text: str) -> list[int]:
-        """Encode ``text`` with special tokens treated as plain text.
+    def encode_ordinary(self, text: str | bytes) -> list[int]:
+        r"""Encode ``text`` with special tokens treated as plain text.
 
-        >>> Tokenizer.train(["aaa"], 258, special_tokens=()).encode_ordinary("aaaa")
+        ``bytes`` are encoded as their text when they are valid UTF-8. Otherwise (tiktoken's
+        ``Encoding._encode_bytes``, id for id): the longest valid prefix is encoded as text, then its last chunk
+        — with any all-whitespace tokens just before it — and every byte from the first invalid one to the end
+        are BPE-encoded as one piece. Nothing is lost: ``decode_bytes`` gives the bytes back.
+
+        >>> tok = Tokenizer.train(["aaa"], 258, special_tokens=())
+        >>> tok.encode_ordinary("aaaa")
         [256, 256]
+        >>> tok.encode_ordinary(b"aaaa\xffaa")
+        [256, 256, 255, 256]
         """
+        if isinstance(text, bytes):
+            return self._encoder.encode_bytes(text)
         try:
             return self._encoder.encode(text)
         except UnicodeEncodeError:
@@ -269,7 +323,7 @@ class Tokenizer:
 
     def encode(
         self,
-        text: str,
+        text: str | bytes,
         *,
         allowed_special: AllSpecial | Collection[str] = frozenset(),
         disallowed_special: AllSpecial | Collection[str] = "all",
@@ -277,7 +331,8 @@ class Tokenizer:
         """Encode ``text``; special-token spellings are refused unless allowed (tiktoken's rules).
 
         Args:
-            text: The text.
+            text: The text, or bytes (valid UTF-8 or not: the rules of :meth:`encode_ordinary` apply between
+                special tokens, which are found by their UTF-8 bytes).
             allowed_special: Special tokens to encode as their id (``"all"`` for every one).
             disallowed_special: Special tokens whose spelling raises (``"all"``: every one not allowed);
                 ``()`` encodes any other spelling as plain text.
@@ -286,22 +341,25 @@ class Tokenizer:
             The token ids.
 
         Raises:
-            DisallowedSpecialError: When the text spells a disallowed special token.
+            DisallowedSpecialError: When the text spells a disallowed special token (a ``ValueError``).
         """
         allowed = self._check_special(text, allowed_special, disallowed_special)
         if not allowed:
             return self.encode_ordinary(text)
         ids: list[int] = []
         start = 0
-        for match in _special_regex(frozenset(allowed)).finditer(text):
-            ids += self.encode_ordinary(text[start : match.start()])
-            ids.append(self.special_tokens[match.group()])
-            start = match.end()
+        for begin, end, special in _find_specials(text, frozenset(allowed)):
+            ids += self.encode_ordinary(text[start:begin])
+            ids.append(self.special_tokens[special])
+            start = end
         ids += self.encode_ordinary(text[start:])
         return ids
 
     def _check_special(
-        self, text: str, allowed_special: AllSpecial | Collection[str], disallowed_special: AllSpecial | Collection[str]
+        self,
+        text: str | bytes,
+        allowed_special: AllSpecial | Collection[str],
+        disallowed_special: AllSpecial | Collection[str],
     ) -> set[str]:
         """Raise if ``text`` spells a disallowed special token; return the allowed special tokens."""
         allowed = self.special_tokens_set if isinstance(allowed_special, str) else set(allowed_special)
@@ -309,19 +367,47 @@ class Tokenizer:
             disallowed = self.special_tokens_set - allowed
         else:
             disallowed = set(disallowed_special)
-        if disallowed and (match := _special_regex(frozenset(disallowed)).search(text)):
+        if disallowed and (special := _first_special(text, frozenset(disallowed))):
             raise DisallowedSpecialError(
-                f"text contains the special token {match.group()!r}, which is disallowed; pass "
-                f"allowed_special={{{match.group()!r}}} to encode it as a special token, or "
+                f"text contains the special token {special!r}, which is disallowed; pass "
+                f"allowed_special={{{special!r}}} to encode it as a special token, or "
                 f"disallowed_special=() to encode it as plain text"
             )
         return allowed & self.special_tokens_set
 
+    def encode_to_numpy(
+        self,
+        text: str | bytes,
+        *,
+        allowed_special: AllSpecial | Collection[str] = frozenset(),
+        disallowed_special: AllSpecial | Collection[str] = "all",
+    ) -> npt.NDArray[np.uint32]:
+        """:meth:`encode` as a ``uint32`` array; ordinary text on the compiled path makes no Python int per token.
+
+        Raises:
+            DisallowedSpecialError: As :meth:`encode`.
+        """
+        allowed = self._check_special(text, allowed_special, disallowed_special)
+        if isinstance(text, str) and not (allowed and _first_special(text, frozenset(allowed))):
+            try:
+                return self._encoder.encode_array(text)
+            except UnicodeEncodeError:
+                return self._encoder.encode_array(_replace_surrogates(text))
+        ids = self.encode(text, allowed_special=allowed_special, disallowed_special=disallowed_special)
+        return np.array(ids, dtype=np.uint32)
+
+    def encode_ordinary_batch(
+        self, texts: Sequence[str | bytes], *, num_workers: int = 1, num_threads: int | None = None
+    ) -> list[list[int]]:
+        """:meth:`encode_ordinary` of each text, on workers as :meth:`encode_batch` (tiktoken's ``num_threads`` too)."""
+        return self.encode_batch(texts, num_workers=num_workers, num_threads=num_threads, disallowed_special=())
+
     def encode_batch(
         self,
-        texts: Sequence[str],
+        texts: Sequence[str | bytes],
         *,
         num_workers: int = 1,
+        num_threads: int | None = None,
         allowed_special: AllSpecial | Collection[str] = frozenset(),
         disallowed_special: AllSpecial | Collection[str] = "all",
     ) -> list[list[int]]:
@@ -331,12 +417,21 @@ class Tokenizer:
         else processes (forked where the platform allows), kept for later calls with the same ``num_workers`` so
         their caches stay warm; :meth:`close` stops them.
 
+        Args:
+            texts: Texts (or bytes, as :meth:`encode` takes them).
+            num_workers: How many workers.
+            num_threads: tiktoken's name for ``num_workers``; wins when given.
+            allowed_special: As :meth:`encode`.
+            disallowed_special: As :meth:`encode`.
+
         Returns:
             One list of ids per text, in order.
 
         Raises:
             DisallowedSpecialError: As :meth:`encode`.
         """
+        if num_threads is not None:
+            num_workers = num_threads
         kwargs = _EncodeOptions(allowed_special=allowed_special, disallowed_special=disallowed_special)
         total = sum(len(t) for t in texts)
         if num_workers <= 1 or len(texts) < 2 or total < PARALLEL_MIN_CHARS:
@@ -371,27 +466,117 @@ class Tokenizer:
 
     # ---- decoding ----------------------------------------------------------------------------------------
 
+    def decode_tokens_bytes(self, ids: Iterable[int]) -> list[bytes]:
+        """The bytes of each token (special tokens as their UTF-8 text), e.g. to show how text was cut.
+
+        Raises:
+            UnknownTokenError: When an id is not in the vocabulary (a ``KeyError``).
+        """
+        try:
+            return list(map(self._decoder.__getitem__, ids))
+        except KeyError as error:
+            raise self._unknown_id(error.args[0]) from None
+
+    def decode_single_token_bytes(self, token: int) -> bytes:
+        """The bytes of one token, special tokens included (tiktoken's name for :meth:`token_bytes`).
+
+        Raises:
+            UnknownTokenError: When the id is not in the vocabulary (a ``KeyError``).
+        """
+        return self.token_bytes(token)
+
     def decode_bytes(self, ids: Iterable[int]) -> bytes:
         """Concatenate the bytes of ``ids`` (special tokens as their UTF-8 text).
 
         Raises:
-            MicrogptError: When an id is not in the vocabulary.
+            UnknownTokenError: When an id is not in the vocabulary (a ``KeyError``, as in tiktoken).
         """
-        try:
-            return b"".join(map(self._decoder.__getitem__, ids))
-        except KeyError as error:
-            raise MicrogptError(f"token id {error.args[0]} is not in the vocabulary (n_vocab {self.n_vocab})") from None
+        return b"".join(self.decode_tokens_bytes(ids))
 
     def decode(self, ids: Iterable[int], errors: str = "replace") -> str:
         """Decode ``ids`` to text; bytes that are not valid UTF-8 become U+FFFD (``errors="replace"``).
 
         Raises:
-            MicrogptError: When an id is not in the vocabulary.
+            UnknownTokenError: When an id is not in the vocabulary (a ``KeyError``).
         """
         return self.decode_bytes(ids).decode("utf-8", errors=errors)
+
+    def decode_with_offsets(self, ids: Iterable[int]) -> tuple[str, list[int]]:
+        """The text of ``ids`` and, for each token, the index of the character where it starts.
+
+        A token that starts inside a character (its first byte is a UTF-8 continuation byte) gets the index of
+        that character, as in tiktoken.
+
+        >>> tok = Tokenizer.train(["ab"], 257, special_tokens=())
+        >>> tok.decode_with_offsets([256, 32, 0xC3, 0xA9, 97])
+        ('ab éa', [0, 2, 3, 3, 4])
+
+        Raises:
+            UnknownTokenError: When an id is not in the vocabulary (a ``KeyError``).
+            UnicodeDecodeError: When the bytes are not valid UTF-8 (tiktoken raises it too).
+        """
+        parts = self.decode_tokens_bytes(ids)
+        offsets: list[int] = []
+        chars = 0  # characters begun so far: the bytes that are not continuation bytes
+        for part in parts:
+            inside = bool(part) and 0x80 <= part[0] < 0xC0
+            offsets.append(max(0, chars - inside))
+            chars += len(part.translate(None, _CONTINUATION_BYTES))
+        return b"".join(parts).decode("utf-8", errors="strict"), offsets
+
+    def decode_batch(
+        self, batch: Iterable[Iterable[int]], *, errors: str = "replace", num_threads: int | None = None
+    ) -> list[str]:
+        """:meth:`decode` of each sequence.
+
+        ``num_threads`` (tiktoken's) is accepted and unused: decoding is one dictionary look-up per token under
+        the GIL, so threads would only add their own cost.
+        """
+        del num_threads
+        return [self.decode(ids, errors=errors) for ids in batch]
+
+    def decode_bytes_batch(self, batch: Iterable[Iterable[int]], *, num_threads: int | None = None) -> list[bytes]:
+        """:meth:`decode_bytes` of each sequence (``num_threads`` as in :meth:`decode_batch`)."""
+        del num_threads
+        return [self.decode_bytes(ids) for ids in batch]
+
+
+_CONTINUATION_BYTES = bytes(range(0x80, 0xC0))  # 0b10xxxxxx: the 2nd to 4th bytes of a UTF-8 character
+
+
+def _find_specials(text: str | bytes, tokens: frozenset[str]) -> Iterator[tuple[int, int, str]]:
+    """``(start, end, token)`` of each special token spelled in ``text``, left to right (as bytes in bytes)."""
+    if not tokens:
+        return
+    if isinstance(text, str):
+        for found in _special_regex(tokens).finditer(text):
+            yield found.start(), found.end(), found.group()
+    else:
+        for match in _special_bytes_regex(tokens).finditer(text):
+            yield match.start(), match.end(), match.group().decode("utf-8")
+
+
+def _first_special(text: str | bytes, tokens: frozenset[str]) -> str | None:
+    """The first special token of ``tokens`` spelled in ``text`` (``tokens`` not empty), or ``None``."""
+    if isinstance(text, str):
+        found = _special_regex(tokens).search(text)
+        return None if found is None else found.group()
+    match = _special_bytes_regex(tokens).search(text)
+    return None if match is None else match.group().decode("utf-8")
+
+
+def _longest_first(tokens: frozenset[str]) -> list[str]:
+    """Longest first, so that a token that prefixes another loses to it."""
+    return sorted(tokens, key=lambda t: (-len(t), t))
 
 
 @functools.lru_cache(maxsize=64)
 def _special_regex(tokens: frozenset[str]) -> regex.Pattern[str]:
-    """One regex that finds any of ``tokens`` (longest first, so a token that prefixes another loses)."""
-    return regex.compile("|".join(regex.escape(t) for t in sorted(tokens, key=lambda t: (-len(t), t))))
+    """One regex that finds any of ``tokens``."""
+    return regex.compile("|".join(regex.escape(t) for t in _longest_first(tokens)))
+
+
+@functools.lru_cache(maxsize=64)
+def _special_bytes_regex(tokens: frozenset[str]) -> regex.Pattern[bytes]:
+    """One regex that finds the UTF-8 bytes of any of ``tokens``."""
+    return regex.compile(b"|".join(regex.escape(t.encode("utf-8")) for t in _longest_first(tokens)))
