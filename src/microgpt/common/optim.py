@@ -25,29 +25,42 @@ _NS_COEFFS = (3.4445, -4.7750, 2.0315)
 def orthogonalize(grad: torch.Tensor, steps: int = 5) -> torch.Tensor:
     """Approximate the nearest semi-orthogonal matrix ``U V^T`` of ``grad = U S V^T`` by Newton-Schulz.
 
-    Runs in bfloat16 on CUDA (the iteration is robust to it and it halves the cost) and in float32 elsewhere
-    (bf16 matmuls are ~20x slower on CPUs without AMX).
+    Takes one matrix ``(rows, cols)`` or a stack of same-shape matrices ``(n, rows, cols)``, each orthogonalised on
+    its own: a stack runs as batched matmuls, one kernel per product instead of one per matrix. Runs in bfloat16
+    on GPUs with bf16 tensor cores (the iteration is robust to it and it halves the cost) and in float32 elsewhere
+    (bf16 matmuls are ~20x slower on CPUs without AMX, and emulated on pre-Ampere GPUs).
 
     Args:
-        grad: A 2-D tensor (rows, cols).
+        grad: A matrix, or a stack of matrices (the last two dimensions are rows and columns).
         steps: Newton-Schulz iterations; 5 is the published default.
 
     Returns:
         A tensor of the same shape and dtype as ``grad``.
     """
-    assert grad.ndim == 2, "orthogonalize works on matrices"
+    if torch.distributed.is_available():
+        from torch.distributed.tensor import DTensor, distribute_tensor
+
+        if isinstance(grad, DTensor):
+            # An FSDP shard: Newton-Schulz needs the whole matrix. Every rank gathers it, orthogonalises it (the
+            # work each DDP rank already does) and keeps its own shard — exact, one all-gather per matrix (as many
+            # bytes as FSDP's own forward gather). nanochat's DistMuon instead gives each matrix to one rank and
+            # all-gathers the results, dividing the work; that is the next step if Muon's share of a step matters.
+            full = orthogonalize(grad.full_tensor(), steps)
+            return distribute_tensor(full, grad.device_mesh, grad.placements, src_data_rank=None)
+    assert grad.ndim in (2, 3), "orthogonalize works on matrices or a stack of them"
     a, b, c = _NS_COEFFS
-    x = grad.to(torch.bfloat16 if grad.is_cuda else torch.float32)
-    transposed = x.size(0) > x.size(1)
+    native_bf16 = grad.is_cuda and torch.cuda.get_device_capability(grad.device) >= (8, 0)
+    x = grad.to(torch.bfloat16 if native_bf16 else torch.float32)
+    transposed = x.size(-2) > x.size(-1)
     if transposed:  # iterate on the wide orientation so X @ X^T is the small (rows, rows) Gram matrix
-        x = x.T
-    x = x / (x.norm() + 1e-7)  # spectral norm <= Frobenius norm <= 1, inside the iteration's basin
+        x = x.mT
+    x = x / (x.norm(dim=(-2, -1), keepdim=True) + 1e-7)  # spectral <= Frobenius <= 1: inside the basin
     for _ in range(steps):
-        gram = x @ x.T  # (rows, rows)
+        gram = x @ x.mT  # (..., rows, rows)
         poly = b * gram + c * (gram @ gram)
         x = a * x + poly @ x
     if transposed:
-        x = x.T
+        x = x.mT
     result: torch.Tensor = x.to(grad.dtype)
     return result
 
@@ -57,6 +70,11 @@ class Muon(torch.optim.Optimizer):
 
     Each step: momentum buffer ``m = mu*m + (1-mu)*g``; Nesterov look-ahead ``u = (1-mu)*g + mu*m``;
     ``u = orthogonalize(u)`` scaled by ``sqrt(max(1, rows/cols))``; decoupled weight decay; ``p -= lr*u``.
+
+    The Newton-Schulz work is batched: the updates of same-shape matrices (a transformer's layers share a few
+    shapes) are stacked and orthogonalised together. Every rank still does all of it — DDP has already given each
+    rank the whole gradient; sharding the matrices over ranks and all-gathering the updates (nanochat's
+    ``DistMuon``, modded-nanogpt) would divide the work but is not done here.
     """
 
     def __init__(
@@ -99,6 +117,8 @@ class Muon(torch.optim.Optimizer):
         """Take one optimizer step (``closure`` is accepted for the Optimizer interface and called if given)."""
         loss = closure() if closure is not None else None
         for group in self.param_groups:
+            mu = group["momentum"]
+            by_shape: dict[tuple[torch.Size, torch.dtype, torch.device], list[tuple[nn.Parameter, torch.Tensor]]] = {}
             for param in group["params"]:
                 if param.grad is None:
                     continue
@@ -107,15 +127,17 @@ class Muon(torch.optim.Optimizer):
                 if "momentum_buffer" not in state:
                     state["momentum_buffer"] = torch.zeros_like(grad)
                 buf: torch.Tensor = state["momentum_buffer"]
-                mu = group["momentum"]
                 buf.lerp_(grad, 1.0 - mu)
                 update = grad.lerp(buf, mu) if group["nesterov"] else buf
-                update = orthogonalize(update, group["ns_steps"])
+                by_shape.setdefault((param.shape, param.dtype, param.device), []).append((param, update))
+            for (shape, _, _), pairs in by_shape.items():
+                stacked = orthogonalize(torch.stack([u for _, u in pairs]), group["ns_steps"])  # (n, rows, cols)
                 # Orthogonal updates have RMS ~ 1/sqrt(max dim); this factor evens tall and wide matrices out.
-                update = update * max(1.0, param.size(0) / param.size(1)) ** 0.5
-                if group["weight_decay"]:
-                    param.mul_(1.0 - group["lr"] * group["weight_decay"])
-                param.add_(update, alpha=-group["lr"])
+                scale = max(1.0, shape[0] / shape[1]) ** 0.5
+                for (param, _), update in zip(pairs, stacked.unbind(0), strict=True):
+                    if group["weight_decay"]:
+                        param.mul_(1.0 - group["lr"] * group["weight_decay"])
+                    param.add_(update * scale, alpha=-group["lr"])
         return loss
 
 
