@@ -15,7 +15,7 @@ def test_a_stack_is_orthogonalised_matrix_by_matrix() -> None:
         stack = torch.randn(*shape, generator=gen)
         batched = orthogonalize(stack)
         single = torch.stack([orthogonalize(m) for m in stack])
-        torch.testing.assert_close(batched, single, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(batched, single, rtol=1e-4, atol=1e-5)
         assert batched.shape == stack.shape
 
 
@@ -55,5 +55,5 @@ def test_batched_muon_matches_the_per_matrix_step() -> None:
         optimizer.step()
         _reference_muon_step(theirs, buffers, lr=0.02, wd=0.1)
     for a, b in zip(mine, theirs, strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
     assert all(not torch.equal(a, b) for a, b in zip(mine, before, strict=True))  # every matrix moved
