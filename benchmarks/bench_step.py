@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from microgpt.model import native
+from microgpt.model import fast, native
 from microgpt.model.config import GPTConfig
 from microgpt.model.gpt import GPT
 from microgpt.model.rope import apply_rope, rope_tables
@@ -231,6 +231,20 @@ def without_native(step: Callable[[], float]) -> Callable[[], float]:
     return step_with_torch_ops
 
 
+def without_fast_paths(step: Callable[[], float]) -> Callable[[], float]:
+    """``step`` running only the model's plain code, as ``MICROGPT_KERNELS=0`` does (no kernels, no custom backward)."""
+
+    def step_with_plain_code() -> float:
+        enabled = fast.enabled
+        fast.enabled = lambda: False  # what every @fast_path call asks first
+        try:
+            return step()
+        finally:
+            fast.enabled = enabled
+
+    return step_with_plain_code
+
+
 def sdpa_with_rope(qkv: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], heads: int) -> torch.Tensor:
     """The torch path the native attention kernel replaces: RoPE on queries and keys, then causal SDPA."""
     B, T, _, D = qkv.shape
@@ -298,6 +312,10 @@ def ablations(args: argparse.Namespace) -> None:
         steps[name] = make_step(GPT(GPTConfig.model_validate(base | change)), idx, targets, hf=False)
     torch.manual_seed(0)
     steps["no native kernels (torch ops)"] = without_native(
+        make_step(GPT(GPTConfig.model_validate(base)), idx, targets, hf=False)
+    )
+    torch.manual_seed(0)
+    steps["plain PyTorch (MICROGPT_KERNELS=0)"] = without_fast_paths(
         make_step(GPT(GPTConfig.model_validate(base)), idx, targets, hf=False)
     )
     if args.compile:

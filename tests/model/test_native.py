@@ -235,8 +235,3 @@ def test_without_a_compiler_attention_falls_back_with_a_warning(
         assert native.library() is None
     assert "SDPA" in caplog.text
     assert not list(fresh_library.glob("kernels/*.so"))
-
-
-def test_turned_off_by_environment(fresh_library: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("MICROGPT_NATIVE", "0")
-    assert native.library() is None

@@ -14,7 +14,7 @@ from microgpt.tokenizer.pretrained import load_pretrained
 
 BYTES = {bytes([i]): i for i in range(256)}
 
-needs_jit = pytest.mark.skipif(not bpe_jit.jit_available(), reason="numba not installed or MICROGPT_NO_JIT set")
+needs_jit = pytest.mark.skipif(not bpe_jit.jit_available(), reason="numba not installed or MICROGPT_KERNELS=0")
 
 
 def _python_ids(pieces: list[str], ranks: dict[bytes, int]) -> list[tuple[int, ...]]:

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from microgpt.tokenizer import bpe_jit
 from microgpt.tokenizer.patterns import PATTERN_KINDS, PATTERNS, class_table, compile_pattern
 
-pytestmark = pytest.mark.skipif(not bpe_jit.jit_available(), reason="numba not installed or MICROGPT_NO_JIT set")
+pytestmark = pytest.mark.skipif(not bpe_jit.jit_available(), reason="numba not installed or MICROGPT_KERNELS=0")
 
 # Code points of every class the patterns tell apart: Lu, Ll, Lt, Lm, Lo, marks, digits and other numbers,
 # each kind of whitespace, the contraction letters in both cases and ſ (which (?i) equals to s), punctuation.

@@ -1,8 +1,4 @@
-"""Causal self-attention: one fused QKV projection, optional QK-norm, RoPE, grouped-query attention.
-
-Attention itself is microgpt's native kernel for float32 on CPU at contexts up to 256 (RoPE applied inside it,
-:mod:`microgpt.model.native`), else ``F.scaled_dot_product_attention``.
-"""
+"""Causal self-attention: one fused QKV projection, optional QK-norm, RoPE, grouped-query attention."""
 
 from __future__ import annotations
 
@@ -11,8 +7,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from microgpt.model.config import GPTConfig
+from microgpt.model.fast import fast_path
 from microgpt.model.kv_cache import KVCache
-from microgpt.model.native import short_causal_attention, use_short_attention
 from microgpt.model.norm import Norm
 from microgpt.model.rope import apply_rope
 
@@ -22,7 +18,6 @@ class CausalSelfAttention(nn.Module):
 
     ``c_attn`` projects to all query heads, then the key heads, then the value heads in one matmul (GPT-2's
     fused layout; for Llama the adapter concatenates ``q_proj``, ``k_proj``, ``v_proj``). Attention itself is
-    the native short-context kernel where it applies (float32 on CPU, no KV cache, no attention dropout), else
     ``F.scaled_dot_product_attention`` with ``is_causal=True``: fused, never materialising a (T, T) mask.
     """
 
@@ -43,7 +38,6 @@ class CausalSelfAttention(nn.Module):
         self.c_attn = nn.Linear(config.n_embd, qkv_width, bias=config.bias)
         self.c_proj = nn.Linear(config.n_head * config.head_dim, config.n_embd, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)
-        # QK-norm (as in OLMo 2, Qwen 3, nanochat): bounds attention logits, which steadies higher learning rates.
         # QK-norm (as in OLMo 2, Qwen 3, nanochat): bounds attention logits, which steadies higher learning rates.
         # One RMSNorm (its scale shared by queries and keys) so both normalise in one call.
         self.qk_norm = Norm(config.head_dim, "rmsnorm", config.norm_eps) if config.qk_norm else None
@@ -66,13 +60,25 @@ class CausalSelfAttention(nn.Module):
         """
         B, T, C = x.size()
         qkv = self.c_attn(x).view(B, T, self.n_head + 2 * self.n_kv_head, self.head_dim)
-        dropout = self.dropout if self.training else 0.0
-        if kv_cache is None and use_short_attention(qkv, self.head_dim, dropout):
-            # Short contexts on CPU: the native kernel, QK-norm and RoPE included (microgpt.model.native).
-            qk_norm = None if self.qk_norm is None else (self.qk_norm.weight, self.qk_norm.eps)
-            y = short_causal_attention(qkv, rope, self.n_head, self.n_kv_head, qk_norm)  # (B, T, n_head · head_dim)
-            short: torch.Tensor = self.resid_dropout(self.c_proj(y))
-            return short
+        y = self.attend(qkv, rope, kv_cache)  # (B, T, n_head · head_dim)
+        out: torch.Tensor = self.resid_dropout(self.c_proj(y))
+        return out
+
+    @fast_path  # float32 on CPU, short contexts: one native kernel for all of it (microgpt.model.fast)
+    def attend(
+        self, qkv: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None, kv_cache: KVCache | None
+    ) -> torch.Tensor:
+        """QK-norm, RoPE and causal attention of the projected heads.
+
+        Args:
+            qkv: (B, T, n_head + 2·n_kv_head, head_dim): query heads, then key heads, then value heads.
+            rope: ``(cos, sin)`` each (T, 1, head_dim), or ``None``.
+            kv_cache: Earlier positions' keys and values (generation), or ``None``.
+
+        Returns:
+            (B, T, n_head · head_dim).
+        """
+        B, T, _, _ = qkv.size()
         qk, v = qkv.split([self.n_head + self.n_kv_head, self.n_kv_head], dim=2)  # (B, T, heads, head_dim)
         if self.qk_norm is not None:
             qk = self.qk_norm(qk)
@@ -91,16 +97,14 @@ class CausalSelfAttention(nn.Module):
                 is_causal = False  # SDPA's is_causal aligns the mask top-left, wrong once keys outnumber queries
                 if T > 1:
                     # Query i (absolute position past + i) sees keys 0..past + i.
-                    mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)
+                    mask = torch.ones(T, past + T, dtype=torch.bool, device=qkv.device).tril(diagonal=past)
         y = F.scaled_dot_product_attention(
             q,
             k,
             v,
             attn_mask=mask,
             is_causal=is_causal,
-            dropout_p=dropout,
+            dropout_p=self.dropout if self.training else 0.0,
             enable_gqa=self.n_kv_head != self.n_head,
         )  # (B, n_head, T, head_dim)
-        y = y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim)
-        out: torch.Tensor = self.resid_dropout(self.c_proj(y))
-        return out
+        return y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim)

@@ -2,55 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from microgpt.model.config import GPTConfig
-from microgpt.model.native import native_swiglu, use_native_swiglu
+from microgpt.model.fast import fast_path
 
 
-class _SwiGLUFunction(torch.autograd.Function):
-    """``silu(gate) · up`` over ``h = [gate, up]`` with a hand-written backward.
-
-    The backward writes both halves of the gradient straight into one (..., 2·hidden) buffer, where autograd
-    through ``chunk`` would compute them separately and then concatenate (a full extra copy); it saves ``h`` and
-    ``silu(gate)``. ``d silu(g)/dg = σ(g)·(1 + g·(1 − σ(g)))`` is aten's ``silu_backward``.
-    """
-
-    @staticmethod
-    def forward(ctx: Any, h: torch.Tensor) -> torch.Tensor:
-        gate, up = h.chunk(2, dim=-1)
-        act = F.silu(gate)
-        ctx.save_for_backward(h, act)
-        return act * up
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
-        h, act = ctx.saved_tensors
-        gate, up = h.chunk(2, dim=-1)
-        grad_h = torch.empty_like(h)
-        grad_gate, grad_up = grad_h.chunk(2, dim=-1)
-        torch.mul(grad, act, out=grad_up)
-        torch.ops.aten.silu_backward.grad_input(grad * up, gate, grad_input=grad_gate)
-        return grad_h
-
-
+@fast_path  # float32 on CPU: a native kernel; elsewhere a hand-written backward (microgpt.model.fast)
 def swiglu(h: torch.Tensor) -> torch.Tensor:
-    """SwiGLU of ``h`` (..., 2·hidden), gate first: (..., hidden).
-
-    Float32 on CPU goes through microgpt's native kernel (one pass each way, eager or compiled); otherwise plain
-    ops under ``torch.compile`` (fused there) and the hand-written autograd function in eager mode.
-    """
-    if use_native_swiglu(h):
-        return native_swiglu(h)
-    if torch.compiler.is_compiling():
-        gate, up = h.chunk(2, dim=-1)
-        return F.silu(gate) * up
-    out: torch.Tensor = _SwiGLUFunction.apply(h)  # type: ignore[no-untyped-call]  # untyped in torch
-    return out
+    """SwiGLU of ``h`` = [gate, up] (..., 2·hidden), gate first: ``silu(gate) · up`` (..., hidden)."""
+    gate, up = h.chunk(2, dim=-1)  # (..., hidden) each
+    return F.silu(gate) * up
 
 
 class MLP(nn.Module):

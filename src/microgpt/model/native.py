@@ -5,9 +5,10 @@ measurements are in benchmarks/README.md, "Model step"). The C file is compiled 
 compiler (``$CC``, else ``cc``) into ``<cache>/kernels/native-<key>.so`` (cache: ``$MICROGPT_CACHE_DIR`` or
 ``~/.cache/microgpt``), the key hashing the source, the flags, the compiler and this CPU, and loaded with
 :mod:`ctypes`. Nothing is needed beyond a C compiler with OpenMP (gcc; clang with libomp), which
-``torch.compile`` on CPU needs too. When there is none, or ``MICROGPT_NATIVE=0``, :func:`library` returns
-``None`` and the model uses torch's ops instead (``F.scaled_dot_product_attention``, ``F.silu``): same results,
-slower.
+``torch.compile`` on CPU needs too. When there is none, :func:`library` returns ``None`` and the model uses
+torch's ops instead (``F.scaled_dot_product_attention``, ``F.silu``): same results, slower. The model reaches
+these kernels only through :mod:`microgpt.model.fast`, which decides where each applies (and where
+``MICROGPT_KERNELS=0`` keeps them out).
 
 Each kernel pair (forward, backward) is one ``torch.autograd.Function``. In eager mode it calls the kernels
 through :mod:`ctypes` directly (~2 µs a call); under ``torch.compile`` it calls them as torch operators
@@ -75,9 +76,7 @@ def _build(compiler: str) -> Path:
 
 @functools.cache
 def library() -> ctypes.CDLL | None:
-    """The loaded kernel library, building it on first call; ``None`` when it cannot be built or is turned off."""
-    if os.environ.get("MICROGPT_NATIVE", "1") == "0":
-        return None
+    """The loaded kernel library, building it on first call; ``None`` when it cannot be built."""
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if compiler is None:
         log.warning("no C compiler found: the model uses torch's SDPA and SiLU (slower on CPU)")

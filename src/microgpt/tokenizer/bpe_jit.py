@@ -7,13 +7,12 @@ makes a Python object per look-up; the chunks of one text go in as one byte buff
 per text, not per chunk.
 
 numba compiles the kernels on first use and keeps the machine code on disk (``cache=True``), so only the first
-process after an install pays the compile. Without numba, or with ``MICROGPT_NO_JIT=1``, the pure-Python loop
-runs instead.
+process after an install pays the compile. Without numba, or with ``MICROGPT_KERNELS=0`` (the one switch for
+every fast path, :mod:`microgpt.common.kernels`), the pure-Python loop runs instead.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from itertools import accumulate, compress, repeat
 from operator import is_
@@ -22,13 +21,14 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from microgpt.common.kernels import kernels_enabled
 from microgpt.tokenizer.bpe import encode_chunk
 from microgpt.tokenizer.patterns import class_table
 
 
 def _load_kernels() -> tuple[Any, Any, Any] | None:
-    """The compiled (build_table, encode_chunks, chunk_starts); ``None`` without numba or with ``MICROGPT_NO_JIT``."""
-    if os.environ.get("MICROGPT_NO_JIT"):
+    """The compiled (build_table, encode_chunks, chunk_starts); ``None`` without numba or if ``MICROGPT_KERNELS=0``."""
+    if not kernels_enabled():
         return None
     try:
         from microgpt.tokenizer import bpe_kernels, split_kernels
@@ -49,7 +49,7 @@ def _kernels() -> tuple[Any, Any, Any] | None:
 
 
 def jit_available() -> bool:
-    """Whether the compiled kernel runs (numba importable and ``MICROGPT_NO_JIT`` unset)."""
+    """Whether the compiled kernel runs (numba importable and ``MICROGPT_KERNELS`` not ``0``)."""
     return _kernels() is not None
 
 
