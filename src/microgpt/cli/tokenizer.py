@@ -19,11 +19,12 @@ import typer
 from microgpt.common.aio import read_bytes, run_sync
 from microgpt.common.atomic import check_out_dir
 from microgpt.common.errors import MicrogptError
-from microgpt.common.formats import EncodingError, documents_from_file
+from microgpt.common.formats import EncodingError, detect_format, documents_from_file, text_blocks
 from microgpt.common.sources import iterate_sync
 from microgpt.tokenizer import Tokenizer
+from microgpt.tokenizer.patterns import resolve_pattern
 from microgpt.tokenizer.tokenizer import ENDOFTEXT
-from microgpt.tokenizer.trainer import capped_documents
+from microgpt.tokenizer.trainer import capped_documents, stream_document
 
 tokenizer_app = typer.Typer(help="Train, inspect and use tokenizers.", no_args_is_help=True)
 
@@ -49,16 +50,35 @@ def _decode(data: bytes, path: Path, encoding: str) -> str:
         raise MicrogptError(f"unknown text encoding {encoding!r}") from None
 
 
-def read_documents(paths: list[Path], encoding: str = "utf-8") -> Iterator[str]:
+def _streamed_text(path: Path, encoding: str, pattern: str) -> Iterator[str]:
+    """A plain text file as pieces that count as the whole (:func:`stream_document`); all-space files dropped."""
+    held: list[str] | None = []  # pieces while the file has shown only white space (a blank file is no document)
+    blocks = iterate_sync(text_blocks(path, label="tokenizer train", encoding=encoding), batch=4)  # 1 MiB at a time
+    for piece in stream_document(blocks, pattern):
+        if held is None:
+            yield piece
+        elif piece.strip():
+            yield from held
+            yield piece
+            held = None
+        else:
+            held.append(piece)
+
+
+def read_documents(paths: list[Path], encoding: str = "utf-8", pattern: str | None = None) -> Iterator[str]:
     """Yield the documents of files as ``data prepare`` reads them (:mod:`microgpt.common.formats`).
 
     Text files are one document each; JSON lines one per line (field ``text``); gzip, zip and parquet too. A
-    truncated or corrupt gzip, bad JSON or bad bytes is an error naming the file.
+    truncated or corrupt gzip, bad JSON or bad bytes is an error naming the file. With the split ``pattern``
+    given, a plain text file (``.txt``, ``.txt.gz``) is read block by block and yielded in pieces cut where the
+    pattern always ends a chunk, so a file of gigabytes is never held whole and the chunk counts are unchanged.
     """
     for path in paths:
-        documents = documents_from_file(path, label="tokenizer train", encoding=encoding)
         try:
-            yield from iterate_sync(documents)
+            if pattern is not None and detect_format(path.name)[0] == "text":
+                yield from _streamed_text(path, encoding, pattern)
+            else:
+                yield from iterate_sync(documents_from_file(path, label="tokenizer train", encoding=encoding))
         except EncodingError as error:
             raise MicrogptError(
                 f"{error.where}: not valid {error.encoding} at byte {error.offset:,}: pass --encoding latin-1 "
@@ -82,7 +102,7 @@ def train(
 ) -> None:
     """Train a byte-level BPE tokenizer on FILES and save it to --out."""
     check_out_dir(out, "--out folder")  # before training: a bad path must not cost the training time
-    documents = capped_documents(read_documents(files, encoding), max_bytes)
+    documents = capped_documents(read_documents(files, encoding, resolve_pattern(pattern)), max_bytes)
     tok = Tokenizer.train(
         documents,
         vocab_size,

@@ -261,6 +261,24 @@ async def _documents_from_blocks(
             yield document
 
 
+async def text_blocks(path: Path, *, label: str = "source", encoding: str = "utf-8") -> AsyncIterator[str]:
+    """The text of one plain text file (gzipped or not), decoded block by block, never held whole.
+
+    For a reader that must not hold a file of gigabytes as one string (tokenizer training cuts it where chunks
+    end). Raises as :func:`documents_from_file` does.
+    """
+    try:
+        codecs.lookup(encoding)
+    except LookupError:
+        raise MicrogptError(f"unknown text encoding {encoding!r}") from None
+    where = f"{label}: {path}"
+    blocks = _file_blocks(path, where)
+    if detect_format(str(path))[1]:
+        blocks = _gunzip(blocks, where)
+    async for text in _decoded(blocks, where, encoding):
+        yield text
+
+
 async def documents_from_file(
     path: Path,
     *,
