@@ -14,7 +14,7 @@ import codecs
 import json
 import zipfile
 import zlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -24,6 +24,7 @@ from microgpt.common.errors import MicrogptError
 
 Format = Literal["auto", "text", "jsonl", "parquet"]
 BLOCK_BYTES = 1 << 18
+Match = Mapping[str, str] | None  # keep only records whose fields equal these values
 PARQUET_BATCH_ROWS = 1024
 
 
@@ -174,7 +175,9 @@ async def _split_text(chunks: AsyncIterator[str], separator: str | None) -> Asyn
         yield last
 
 
-async def _json_lines(chunks: AsyncIterator[str], text_field: str, where: str) -> AsyncIterator[str]:
+async def _json_lines(
+    chunks: AsyncIterator[str], text_field: str, where: str, match: Match = None
+) -> AsyncIterator[str]:
     pending = ""
     number = 0
     async for chunk in chunks:
@@ -182,19 +185,21 @@ async def _json_lines(chunks: AsyncIterator[str], text_field: str, where: str) -
         *lines, pending = pending.split("\n")
         for line in lines:
             number += 1
-            if document := _json_text(line, number, text_field, where):
+            if document := _json_text(line, number, text_field, where, match):
                 yield document
-    if document := _json_text(pending, number + 1, text_field, where):
+    if document := _json_text(pending, number + 1, text_field, where, match):
         yield document
 
 
-def _json_text(line: str, number: int, text_field: str, where: str) -> str | None:
+def _json_text(line: str, number: int, text_field: str, where: str, match: Match = None) -> str | None:
     if not line.strip():
         return None
     try:
         record: Any = json.loads(line)
     except json.JSONDecodeError as error:
         raise MicrogptError(f"{where} line {number}: not valid JSON: {error.msg}") from None
+    if match and isinstance(record, dict) and any(str(record.get(k)) != v for k, v in match.items()):
+        return None  # a record another source of the same file keeps
     if not isinstance(record, dict) or text_field not in record:
         raise MicrogptError(f"{where} line {number}: no field {text_field!r} (set text_field to the right name)")
     value = record[text_field]
@@ -203,8 +208,11 @@ def _json_text(line: str, number: int, text_field: str, where: str) -> str | Non
     return value if value.strip() else None
 
 
-def _parquet_batches(source: Path | bytes, text_field: str, where: str) -> Iterator[list[Any]]:
-    """Read one column of a parquet file in record batches (sync; run in a thread)."""
+def _parquet_batches(source: Path | bytes, text_field: str, where: str, match: Match = None) -> Iterator[list[Any]]:
+    """Read the text column of a parquet file in record batches (sync; run in a thread).
+
+    With ``match``, only rows whose columns equal its values are kept (and only those columns are read besides).
+    """
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -215,12 +223,23 @@ def _parquet_batches(source: Path | bytes, text_field: str, where: str) -> Itera
     names = parquet.schema_arrow.names
     if text_field not in names:
         raise MicrogptError(f"{where}: no column {text_field!r} (columns: {', '.join(names)})")
-    for batch in parquet.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=[text_field]):
-        yield batch.column(0).to_pylist()
+    keys = list(match or {})
+    absent = [key for key in keys if key not in names]
+    if absent:
+        raise MicrogptError(f"{where}: match names no column {absent[0]!r} (columns: {', '.join(names)})")
+    columns = [text_field, *[key for key in keys if key != text_field]]
+    for batch in parquet.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=columns):
+        texts = batch.column(0).to_pylist()
+        if match:
+            values = {key: batch.column(columns.index(key)).to_pylist() for key in keys}
+            texts = [t for i, t in enumerate(texts) if all(str(values[k][i]) == v for k, v in match.items())]
+        yield texts
 
 
-async def _parquet_documents(source: Path | bytes, text_field: str, where: str) -> AsyncIterator[str]:
-    batches = _parquet_batches(source, text_field, where)
+async def _parquet_documents(
+    source: Path | bytes, text_field: str, where: str, match: Match = None
+) -> AsyncIterator[str]:
+    batches = _parquet_batches(source, text_field, where, match)
     while (rows := await asyncio.to_thread(next, batches, None)) is not None:
         for value in rows:
             if value is None:
@@ -247,14 +266,20 @@ def _zip_read(path: Path, member: str) -> bytes:
 
 
 async def _documents_from_blocks(
-    blocks: AsyncIterator[bytes], fmt: str, text_field: str, separator: str | None, where: str, encoding: str
+    blocks: AsyncIterator[bytes],
+    fmt: str,
+    text_field: str,
+    separator: str | None,
+    where: str,
+    encoding: str,
+    match: Match = None,
 ) -> AsyncIterator[str]:
     if fmt == "jsonl":
-        async for document in _json_lines(_decoded(blocks, where, encoding), text_field, where):
+        async for document in _json_lines(_decoded(blocks, where, encoding), text_field, where, match):
             yield document
     elif fmt == "parquet":
         data = b"".join([block async for block in blocks])
-        async for document in _parquet_documents(data, text_field, where):
+        async for document in _parquet_documents(data, text_field, where, match):
             yield document
     else:
         async for document in _split_text(_decoded(blocks, where, encoding), separator):
@@ -288,6 +313,7 @@ async def documents_from_file(
     label: str = "source",
     display: str | None = None,
     encoding: str = "utf-8",
+    match: Match = None,
 ) -> AsyncIterator[str]:
     """Yield the documents of one file, reading it with async I/O.
 
@@ -299,6 +325,7 @@ async def documents_from_file(
         label: Names the source in error messages.
         display: How to name the file in error messages (default: the path; a URL for downloads).
         encoding: The text encoding of text and JSON-lines files (``latin-1`` decodes any bytes).
+        match: JSON lines and parquet only: keep the records whose fields equal these values (as text).
 
     Raises:
         EncodingError: When the bytes are not valid in ``encoding`` (the byte offset is named).
@@ -321,7 +348,9 @@ async def documents_from_file(
             if member_gz:
                 blocks = _gunzip(blocks, member_where)
             use = member_fmt if fmt == "auto" else fmt
-            async for document in _documents_from_blocks(blocks, use, text_field, separator, member_where, encoding):
+            async for document in _documents_from_blocks(
+                blocks, use, text_field, separator, member_where, encoding, match
+            ):
                 yield document
         return
     use = guessed if fmt == "auto" else fmt
@@ -329,11 +358,11 @@ async def documents_from_file(
         # Parquet needs random access: pyarrow reads the footer first, then only the text column.
         if not path.is_file():
             raise MicrogptError(f"{where}: file not found")
-        async for document in _parquet_documents(path, text_field, where):
+        async for document in _parquet_documents(path, text_field, where, match):
             yield document
         return
     blocks = _file_blocks(path, where)
     if gzipped:
         blocks = _gunzip(blocks, where)
-    async for document in _documents_from_blocks(blocks, use, text_field, separator, where, encoding):
+    async for document in _documents_from_blocks(blocks, use, text_field, separator, where, encoding, match):
         yield document

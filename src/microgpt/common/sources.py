@@ -57,6 +57,11 @@ class _FormatFields(_SourceBase):
     separator: str | None = Field(
         None, description="Split plain text into documents on this string (None: 1 per file)."
     )
+    match: dict[str, str] | None = Field(
+        None,
+        description="JSON lines / parquet: keep only records whose fields equal these values, e.g. "
+        "{source: gutenberg} (one file, several sources).",
+    )
 
 
 class FileSource(_FormatFields):
@@ -146,7 +151,12 @@ async def _text_documents(source: TextSource) -> AsyncIterator[str]:
 async def _file_documents(source: FileSource, label: str) -> AsyncIterator[str]:
     for path in await asyncio.to_thread(expand_paths, source.paths, label):
         async for document in documents_from_file(
-            path, fmt=source.format, text_field=source.text_field, separator=source.separator, label=label
+            path,
+            fmt=source.format,
+            text_field=source.text_field,
+            separator=source.separator,
+            label=label,
+            match=source.match,
         ):
             yield document
 
@@ -182,6 +192,7 @@ async def _url_documents(source: UrlSource, label: str) -> AsyncIterator[str]:
                     separator=source.separator,
                     label=label,
                     display=url,
+                    match=source.match,
                 ):
                     yield document
         finally:
