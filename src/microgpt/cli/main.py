@@ -50,6 +50,7 @@ def _register_commands() -> None:
         "soup",
         "pipeline",
         "export",
+        "checkpoint",
     ]
     for module_name in registrations:
         module = __import__(f"microgpt.cli.{module_name}", fromlist=["register"])

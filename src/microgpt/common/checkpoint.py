@@ -116,6 +116,11 @@ def load_weights(path: Path) -> dict[str, torch.Tensor]:
         CheckpointError: When the file is missing or not valid safetensors.
     """
     meta = read_meta(path)
+    if (path / "shards.json").is_file():  # a sharded (FSDP) checkpoint: its pieces, concatenated
+        from microgpt.common.sharded import TensorReader
+
+        reader = TensorReader(path)
+        return {name: reader.read("model", name) for name in reader.names("model")}
     try:
         tensors = st_load((path / "model.safetensors").read_bytes())
     except (OSError, SafetensorError) as error:
@@ -134,6 +139,11 @@ def load_model_weights(model: nn.Module, path: Path) -> None:
     Raises:
         CheckpointError: Naming the first missing, unexpected or wrongly shaped tensor.
     """
+    if any(type(p).__name__ == "DTensor" for p in model.parameters()):  # an FSDP-sharded model
+        from microgpt.common.sharded import load_model_state
+
+        load_model_state(model, path)
+        return
     tensors = load_weights(path)
     expected = model.state_dict()
     missing = sorted(set(expected) - set(tensors))

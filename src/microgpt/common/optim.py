@@ -47,6 +47,16 @@ def orthogonalize(grad: torch.Tensor, steps: int = 5) -> torch.Tensor:
             # all-gathers the results, dividing the work; that is the next step if Muon's share of a step matters.
             full = orthogonalize(grad.full_tensor(), steps)
             return distribute_tensor(full, grad.device_mesh, grad.placements, src_data_rank=None)
+    if torch.distributed.is_available():
+        from torch.distributed.tensor import DTensor, distribute_tensor
+
+        if isinstance(grad, DTensor):
+            # An FSDP shard: Newton-Schulz needs the whole matrix. Every rank gathers it, orthogonalises it (the
+            # work each DDP rank already does) and keeps its own shard — exact, one all-gather per matrix (as many
+            # bytes as FSDP's own forward gather). nanochat's DistMuon instead gives each matrix to one rank and
+            # all-gathers the results, dividing the work; that is the next step if Muon's share of a step matters.
+            full = orthogonalize(grad.full_tensor(), steps)
+            return distribute_tensor(full, grad.device_mesh, grad.placements, src_data_rank=None)
     assert grad.ndim in (2, 3), "orthogonalize works on matrices or a stack of them"
     a, b, c = _NS_COEFFS
     native_bf16 = grad.is_cuda and torch.cuda.get_device_capability(grad.device) >= (8, 0)

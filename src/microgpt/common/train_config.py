@@ -9,6 +9,7 @@ from microgpt.common.device import Precision
 from microgpt.common.errors import ConfigError
 from microgpt.common.metrics import Backend
 from microgpt.common.optim import OptimizerName
+from microgpt.common.parallel import CheckpointingName, ParallelName
 from microgpt.common.schedule import ScheduleName
 
 
@@ -19,6 +20,14 @@ class TrainConfig(ConfigBase):
     batch_size: int = Field(32, ge=1, description="Global batch in sequences per optimizer step, whatever the ranks.")
     micro_batch_size: int | None = Field(
         None, ge=1, description="Sequences per rank per micro-step; default batch_size / world_size (no accumulation)."
+    )
+    parallel: ParallelName = Field(
+        "auto",
+        description="With several processes: ddp (replicas), fsdp (FSDP2 shards), or auto (fsdp on GPUs when 16 "
+        "bytes/parameter exceed a quarter of one GPU's memory, else ddp).",
+    )
+    activation_checkpointing: CheckpointingName = Field(
+        "none", description="Recompute activations in backward: none, full (every block) or selective (every other)."
     )
     optimizer: OptimizerName = Field("adamw", description="adamw, or muon (Muon for hidden matrices + AdamW).")
     lr: float = Field(1e-3, gt=0.0, description="AdamW peak learning rate.")

@@ -15,12 +15,13 @@ and the config hooks; they never copy the loop (torchtitan's ``train()``/``train
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import os
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -34,8 +35,6 @@ from microgpt.common.checkpoint import (
     CheckpointWriter,
     capture_rng_state,
     latest_checkpoint,
-    load_model_weights,
-    load_optimizer_state,
     read_meta,
     restore_rng_state,
 )
@@ -45,7 +44,17 @@ from microgpt.common.errors import MicrogptError
 from microgpt.common.log import get_logger
 from microgpt.common.metrics import MetricsLog, Throughput
 from microgpt.common.optim import build_optimizers, set_learning_rate
+from microgpt.common.parallel import (
+    Mode,
+    apply_activation_checkpointing,
+    choose_mode,
+    clip_grad_norm,
+    materialize,
+    shard_model,
+    transformer_blocks,
+)
 from microgpt.common.schedule import lr_multiplier
+from microgpt.common.sharded import load_model_state, load_optimizer_states, save_sharded
 from microgpt.common.train_config import TrainConfig
 
 log = get_logger(__name__)
@@ -126,6 +135,7 @@ class Trainer(ABC):
         self.grad_accum = config.grad_accum_steps(self.dist.world_size)  # validates the batch split
         self.micro_batch = config.micro_batch(self.dist.world_size)
         self.parent: str | None = None  # checkpoint id this run started from (fine-tuning sets it)
+        self.mode: Mode = "single"  # single, ddp or fsdp: train.parallel resolved when the model is built
 
     # ---- hooks ------------------------------------------------------------------------------------------------
 
@@ -220,13 +230,7 @@ class Trainer(ABC):
         # Rank 0 decides whether and where to resume, so all ranks agree even if their views of out_dir differ.
         found = latest_checkpoint(ckpt_root) if dist.is_main else None
         resume = _agreed_resume(broadcast_object(str(found) if found is not None else None), dist)
-        seed_everything(self.seed)  # identical init on every rank (DDP also broadcasts rank 0's weights)
-        raw_model = self.build_model()
-        if resume is not None:
-            load_model_weights(raw_model, resume)
-        else:
-            self.init_weights_from(raw_model)
-        raw_model.to(device)
+        raw_model = self._build(resume)
         if dist.is_distributed:
             torch.manual_seed(self.seed + dist.rank)  # dropout masks differ per rank
         optimizers = build_optimizers(
@@ -371,7 +375,7 @@ class Trainer(ABC):
         """
         meta = read_meta(resume)
         state = _read_json(resume / "trainer.json")
-        load_optimizer_state(optimizers, resume)
+        load_optimizer_states(optimizers, resume)  # a single-folder or a sharded checkpoint, into either mode
         step, tokens = int(state["step"]), int(state["tokens"])
         self._warn_schedule_change(resume, step, state.get("max_steps"))
         saved = state.get("loader")  # one position for all ranks; older checkpoints hold a list, one per rank
@@ -421,14 +425,53 @@ class Trainer(ABC):
             cfg.max_steps,
         )
 
+    def _build(self, resume: Path | None) -> nn.Module:
+        """The model on the training device: initialised, or loaded from ``resume``; sharded under FSDP.
+
+        ``train.parallel`` is resolved first (``auto`` on GPUs counts the parameters of a model built on the meta
+        device). Under FSDP the model is built on the meta device, sharded and materialised shard by shard (see
+        :mod:`microgpt.common.parallel`); otherwise it is built on the CPU, as before, and moved. Both give the same
+        weights from the same seed (identical on every rank; DDP also broadcasts rank 0's).
+        """
+        cfg, dist, device = self.config, self.dist, self.device
+
+        def count_params() -> int:
+            with torch.device("meta"):
+                return sum(p.numel() for p in self.build_model().parameters())
+
+        self.mode = choose_mode(cfg.parallel, dist.world_size, count_params, device)
+        seed_everything(self.seed)
+        if self.mode == "fsdp":
+            with torch.device("meta"):
+                model = self.build_model()
+            blocks = transformer_blocks(model)
+            apply_activation_checkpointing(blocks, cfg.activation_checkpointing)
+            shard_model(model, blocks, device, compile_blocks=self._compile_enabled())
+            materialize(model, device, self.seed)
+            log.info("FSDP2: %d block(s) and the root sharded over %d ranks", len(blocks), dist.world_size)
+        else:
+            model = self.build_model()
+            apply_activation_checkpointing(transformer_blocks(model), cfg.activation_checkpointing)
+        if resume is not None:
+            load_model_state(model, resume)  # a single-folder or a sharded checkpoint, into either mode
+        else:
+            self.init_weights_from(model)
+        return model if self.mode == "fsdp" else model.to(device)
+
+    def _compile_enabled(self) -> bool:
+        return self.config.compile if self.config.compile is not None else self.device.type == "cuda"
+
     def _wrap(self, raw_model: nn.Module) -> nn.Module:
         """The module the loop calls: compiled (by default on CUDA only) and, with several ranks, DDP-wrapped.
 
+        Under FSDP the model was sharded in place by :meth:`_build` (its blocks compiled there): it is returned as is.
         Checkpoints always save ``raw_model``, so no ``_orig_mod.``/``module.`` prefix reaches a weight name.
         """
-        cfg, device = self.config, self.device
+        device = self.device
         model = raw_model
-        if cfg.compile if cfg.compile is not None else device.type == "cuda":
+        if self.mode == "fsdp":
+            return model
+        if self._compile_enabled():
             model = torch.compile(model)  # type: ignore[assignment]  # returns a callable wrapper of the module
         if self.dist.is_distributed:
             ids = [device.index] if device.type == "cuda" else None
@@ -471,7 +514,7 @@ class Trainer(ABC):
             for opt in optimizers:
                 scaler.unscale_(opt)
         if cfg.grad_clip > 0:
-            nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.grad_clip)
+            clip_grad_norm(raw_model.parameters(), cfg.grad_clip)
         multiplier = lr_multiplier(
             step,
             max_steps=cfg.max_steps,
@@ -522,7 +565,7 @@ class Trainer(ABC):
         return float((total[0] / total[1]).item())
 
     def _log_sample(self, model: nn.Module) -> None:
-        if not self.dist.is_main:
+        if not self.dist.is_main and self.mode != "fsdp":  # under FSDP every rank runs the forwards (they gather)
             return
         model.eval()
         try:
@@ -530,7 +573,7 @@ class Trainer(ABC):
                 text = self.sample_text(model, self.config.sample_prompt, self.config.sample_tokens)
         finally:
             model.train()
-        if text is not None:
+        if text is not None and self.dist.is_main:
             log.info("sample: %r", text)
 
     def _save(
@@ -551,7 +594,7 @@ class Trainer(ABC):
             torch_dist.all_gather_object(gathered, rng)
             rng_states = list(gathered)
         path = writer.root / f"step-{step:07d}"
-        if self.dist.is_main:
+        if self.dist.is_main or self.mode == "fsdp":  # FSDP: every rank writes its own shards
             trainer_state = {
                 "step": step,
                 "tokens": tokens,
@@ -568,7 +611,10 @@ class Trainer(ABC):
                 "parent": self.parent,
                 **self.checkpoint_meta(),
             }
-            path = writer.save(
+            save: Callable[..., Path] = writer.save
+            if self.mode == "fsdp":
+                save = functools.partial(save_sharded, writer.root, dist=self.dist)
+            path = save(
                 step,
                 model=raw_model,
                 optimizers=optimizers,
@@ -579,7 +625,10 @@ class Trainer(ABC):
                 meta=meta,
                 write_extra=self.write_checkpoint_extra,
             )
-            log.info("saved %s", path)
+            if self.dist.is_main:
+                if self.mode == "fsdp":
+                    writer.prune()
+                log.info("saved %s", path)
         barrier()
         return path
 

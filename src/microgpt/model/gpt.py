@@ -15,6 +15,7 @@ lives in :mod:`microgpt.model.hf`, never here.
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +28,18 @@ from microgpt.model.kv_cache import KVCache
 from microgpt.model.mlp import MLP
 from microgpt.model.norm import Norm
 from microgpt.model.rope import rope_tables
+
+InitKind = Literal["normal", "zeros", "ones"]
+
+
+def init_tensor(tensor: torch.Tensor, kind: InitKind, std: float) -> None:
+    """Fill ``tensor`` in place: normal(0, ``std``) (drawn from torch's global RNG), zeros or ones."""
+    if kind == "normal":
+        nn.init.normal_(tensor, mean=0.0, std=std)
+    elif kind == "zeros":
+        nn.init.zeros_(tensor)
+    else:
+        nn.init.ones_(tensor)
 
 
 class Block(nn.Module):
@@ -63,6 +76,9 @@ class GPT(nn.Module):
         """
         super().__init__()
         self.config = config
+        # The layers' own default inits draw from the RNG; init_weights then starts from the state GPT() was called
+        # with, as a model built on the meta device (which draws nothing) does: both get the same weights.
+        rng = torch.get_rng_state()
         vocab = config.padded_vocab_size
         self.wte = nn.Embedding(vocab, config.n_embd)
         self.wpe = nn.Embedding(config.block_size, config.n_embd) if config.pos_encoding == "learned" else None
@@ -79,6 +95,7 @@ class GPT(nn.Module):
             # a pure function of the config, so checkpoints stay small and a changed formula needs no migration.
             self.register_buffer("rope_cos", cos[:, None, :], persistent=False)
             self.register_buffer("rope_sin", sin[:, None, :], persistent=False)
+        torch.set_rng_state(rng)
         self.init_weights()
 
     def init_weights(self) -> None:
@@ -92,29 +109,46 @@ class GPT(nn.Module):
         - Norms: scale one, bias zero. The output head shares the embedding's init (or is that matrix, if tied).
         - RoPE tables are recomputed (they are derived from the config).
         """
+        with torch.no_grad():
+            for name, kind, std in self.init_plan():
+                init_tensor(self.get_parameter(name), kind, std)
+        self.init_buffers()
+
+    def init_plan(self) -> list[tuple[str, InitKind, float]]:
+        """Every parameter's initialiser as ``(name, kind, std)``, in the order :meth:`init_weights` draws them.
+
+        A sharded (FSDP) model built on the meta device replays this plan tensor by tensor with the same seed,
+        so its weights equal the unsharded model's at any world size (see :mod:`microgpt.common.parallel`).
+        """
         std = self.config.init_std
         proj_std = std / math.sqrt(2 * self.config.n_layer)
+        plan: list[tuple[str, InitKind, float]] = []
         for name, module in self.named_modules():
+            prefix = f"{name}." if name else ""
             if isinstance(module, nn.Linear):
                 if name.endswith("c_proj"):
-                    if self.config.zero_init_proj:
-                        nn.init.zeros_(module.weight)
-                    else:
-                        nn.init.normal_(module.weight, mean=0.0, std=proj_std)
+                    plan.append((f"{prefix}weight", "zeros" if self.config.zero_init_proj else "normal", proj_std))
                 else:
-                    nn.init.normal_(module.weight, mean=0.0, std=std)
+                    plan.append((f"{prefix}weight", "normal", std))
                 if module.bias is not None:
-                    nn.init.zeros_(module.bias)
+                    plan.append((f"{prefix}bias", "zeros", 0.0))
             elif isinstance(module, nn.Embedding):
-                nn.init.normal_(module.weight, mean=0.0, std=std)
+                plan.append((f"{prefix}weight", "normal", std))
             elif isinstance(module, Norm):
-                module.reset_parameters()
+                plan.append((f"{prefix}weight", "ones", 0.0))
+                if module.bias is not None:
+                    plan.append((f"{prefix}bias", "zeros", 0.0))
         if self.config.tie_embeddings:
-            nn.init.normal_(self.wte.weight, mean=0.0, std=std)
+            plan.append(("wte.weight", "normal", std))
+        return plan
+
+    def init_buffers(self) -> None:
+        """Recompute the buffers derived from the config (the RoPE tables), e.g. after ``to_empty``."""
         if self.config.pos_encoding == "rope":
             cos, sin = rope_tables(self.config.block_size, self.config.head_dim, self.config.rope_base)
-            self.rope_cos.copy_(cos[:, None, :])
-            self.rope_sin.copy_(sin[:, None, :])
+            with torch.no_grad():
+                self.rope_cos.copy_(cos[:, None, :])
+                self.rope_sin.copy_(sin[:, None, :])
 
     def num_params(self, non_embedding: bool = False) -> int:
         """Count parameters (a tied matrix once).

@@ -62,6 +62,9 @@ RESUME_SAFE = frozenset(
         "train.metrics_backends",
         "train.threads",
         "train.device",
+        "train.parallel",  # a run may resume under DDP or FSDP, on any number of processes (same global batch)
+        "train.activation_checkpointing",
+        "train.micro_batch_size",
         "train.deterministic",
         "train.peak_flops",
     }
