@@ -1,4 +1,9 @@
-"""``microgpt eval CHECKPOINT``: validation loss and bits per byte of a checkpoint on a data config."""
+"""``microgpt eval CHECKPOINT``: loss and bits per byte of any checkpoint on its recorded or given data, or HellaSwag.
+
+Any checkpoint kind works without ``--data``: a stage-1 run (its data), a fine-tuned ingredient or a soup (their
+stage-2 data folder; ``--split test`` for the held-out test split); an imported model records no data and needs
+``--data``.
+"""
 
 from __future__ import annotations
 
@@ -15,7 +20,12 @@ def register(app: typer.Typer) -> None:
     def evaluate(
         checkpoint: Annotated[Path, typer.Argument(help="Checkpoint step directory, or a run directory (its newest).")],
         data: Annotated[
-            Path | None, typer.Option("--data", help="YAML with a data section (default: the run's).")
+            Path | None,
+            typer.Option(
+                "--data",
+                help="Prepared data folder (manifest.json) or YAML with a data section (default: the data the "
+                "checkpoint's lineage records: a run's data, an ingredient's or a soup's stage-2 folder).",
+            ),
         ] = None,
         split: Annotated[str, typer.Option("--split", help="val or test.")] = "val",
         batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Sequences per batch.")] = 16,
@@ -28,6 +38,14 @@ def register(app: typer.Typer) -> None:
             str | None, typer.Option("--hellaswag-file", help="HellaSwag jsonl path or URL (default: val set).")
         ] = None,
         limit: Annotated[int | None, typer.Option("--limit", min=1, help="hellaswag: score the first N items.")] = None,
+        harness: Annotated[
+            bool,
+            typer.Option(
+                "--harness",
+                help="hellaswag: render items as lm-evaluation-harness's official task (activity label, [title] "
+                "clean-up), so acc and acc_norm_chars compare with the harness's published acc and acc_norm.",
+            ),
+        ] = False,
     ) -> None:
         """Print the mean loss (nats/token) and bits per byte on the split, or HellaSwag accuracy."""
         from microgpt.common.errors import MicrogptError
@@ -36,13 +54,27 @@ def register(app: typer.Typer) -> None:
             from microgpt.model.hellaswag import evaluate_hellaswag_checkpoint
 
             hs = evaluate_hellaswag_checkpoint(
-                checkpoint, hellaswag_file, limit=limit, batch_size=batch_size, device=device, progress=True
+                checkpoint,
+                hellaswag_file,
+                limit=limit,
+                batch_size=batch_size,
+                device=device,
+                progress=True,
+                harness=harness,
             )
-            typer.echo(
-                f"hellaswag: acc {hs.acc:.4f}, acc_norm {hs.acc_norm:.4f} (mean token loss, as nanoGPT), "
-                f"acc_norm_chars {hs.acc_norm_chars:.4f} ({hs.n_items:,} items)"
-            )
+            if harness:
+                typer.echo(
+                    f"hellaswag (lm-eval rendering): acc {hs.acc:.4f}, acc_norm {hs.acc_norm_chars:.4f} (the "
+                    f"harness's definitions; nanoGPT's mean-token acc_norm {hs.acc_norm:.4f}) ({hs.n_items:,} items)"
+                )
+            else:
+                typer.echo(
+                    f"hellaswag: acc {hs.acc:.4f}, acc_norm {hs.acc_norm:.4f} (mean token loss, as nanoGPT), "
+                    f"acc_norm_chars {hs.acc_norm_chars:.4f} ({hs.n_items:,} items)"
+                )
             return
+        if harness:
+            raise MicrogptError("--harness applies to --task hellaswag only")
         if task != "loss":
             raise MicrogptError(f"--task must be loss or hellaswag, got {task!r}")
         from microgpt.model.api import evaluate_checkpoint

@@ -152,6 +152,46 @@ async def load_model_async(path: str | Path, *, device: str = "auto") -> LoadedM
     return await asyncio.to_thread(load_model, path, device=device)
 
 
+def eval_data_dir(loaded: LoadedModel, data: str | Path | None = None) -> Path:
+    """The prepared data folder to evaluate a checkpoint on.
+
+    Args:
+        loaded: The checkpoint (its tokenizer prepares data when shards must be made).
+        data: A prepared data folder (used as is), a YAML with a ``data:`` section or a bare data config
+            (prepared once into microgpt's cache), or ``None`` for what the checkpoint's lineage records
+            (:func:`~microgpt.model.lineage.recorded_data`: a stage-1 run's data, a fine-tune's or a soup's stage-2
+            folder).
+
+    Raises:
+        MicrogptError: When ``data`` is a folder without ``manifest.json``, or nothing is given or recorded.
+    """
+    from microgpt.common.aio import default_cache_dir
+    from microgpt.data import DataConfig, prepare_data
+    from microgpt.data.manifest import MANIFEST
+    from microgpt.model.lineage import recorded_data
+
+    if data is not None and Path(data).is_dir():
+        if not (Path(data) / MANIFEST).is_file():
+            raise MicrogptError(
+                f"{data}: not a prepared data folder (no {MANIFEST}): pass a folder `microgpt data prepare` wrote, "
+                "or a YAML with a data section"
+            )
+        return Path(data)
+    if data is not None:
+        raw = load_yaml(data)
+        config = validate_config(DataConfig, raw["data"] if isinstance(raw.get("data"), dict) else raw)
+    else:
+        record = recorded_data(loaded.checkpoint)
+        if record.folder is not None:
+            return record.folder
+        assert record.config is not None  # a stage-1 record without its shards
+        config = record.config
+    key = json.dumps([config.to_dict(), loaded.tokenizer.fingerprint], sort_keys=True)
+    data_dir = default_cache_dir() / "eval-data" / hashlib.sha256(key.encode()).hexdigest()[:16]
+    prepare_data(config, loaded.tokenizer, data_dir)
+    return data_dir
+
+
 @dataclass
 class EvalResult:
     """Validation loss of a checkpoint on a split (or its first batches).
@@ -190,33 +230,24 @@ def evaluate_checkpoint(
 
     Args:
         path: Checkpoint or run directory.
-        data_config: YAML with a ``data:`` section (a run or prepare config) or a bare data config; default: the
-            checkpoint's own run config.
+        data_config: A prepared data folder (``manifest.json``), or a YAML with a ``data:`` section (a run or
+            prepare config) or a bare data config; default: the data the checkpoint's lineage records
+            (:func:`eval_data_dir`).
         split: ``val`` or ``test``.
         batch_size: Sequences per batch.
         max_batches: Evaluate only this many batches (None: the whole split).
         device: Where to run.
 
     Raises:
-        MicrogptError: When the config has no data section or the split is empty.
+        MicrogptError: When no data is given or recorded, the config has no data section, or the split is empty.
     """
-    from microgpt.common.aio import default_cache_dir
-    from microgpt.data import DataConfig, Manifest, prepare_data
+    from microgpt.data import Manifest
     from microgpt.data.loader import TokenLoader
 
-    loaded = load_model(path, device=device)
-    source = data_config or loaded.checkpoint / "run_config.yaml"
-    raw = load_yaml(source)
-    data = validate_config(DataConfig, raw["data"] if isinstance(raw.get("data"), dict) else raw)
     if split not in {"val", "test"}:
         raise MicrogptError(f"split must be val or test, got {split!r}")
-    key = json.dumps([data.to_dict(), loaded.tokenizer.fingerprint], sort_keys=True)
-    data_dir = default_cache_dir() / "eval-data" / hashlib.sha256(key.encode()).hexdigest()[:16]
-    run_data = loaded.checkpoint.parent.parent / "data"
-    if data_config is None and (run_data / "manifest.json").is_file():
-        data_dir = run_data  # the run's own prepared shards
-    else:
-        prepare_data(data, loaded.tokenizer, data_dir)
+    loaded = load_model(path, device=device)
+    data_dir = eval_data_dir(loaded, data_config)
     manifest = Manifest.load(data_dir)
     if manifest.tokenizer.fingerprint != loaded.tokenizer.fingerprint:
         raise MicrogptError(f"{data_dir}: shards were made by another tokenizer than the checkpoint's")

@@ -10,9 +10,17 @@ nanoGPT/llm.c (``hellaswag.py``), the text of a row is ``context + " " + ending`
   report as ``acc_norm``; GPT-2 124M scores ≈ 0.2955 on the full validation set with it, the figure quoted by
   the nanoGPT family. It is the default because it lets our numbers be compared with theirs.
 - ``acc_norm_chars``: the summed log-likelihood divided by the ending's length in characters — the length
-  normalisation of EleutherAI's lm-eval-harness (its ``acc_norm``; 0.3114 for GPT-2 124M). The harness also
-  rewrites the prompt (activity label prefix, ``[title]`` cleanup), which we do not, so this number is close to
-  but not the same as the harness's.
+  normalisation of EleutherAI's lm-eval-harness (its ``acc_norm``; 0.3114 for GPT-2 124M).
+
+The harness also rewrites the prompt. ``harness=True`` (``microgpt eval --task hellaswag --harness``) renders
+items as lm-eval 0.4's official ``hellaswag`` task does (``lm_eval/tasks/hellaswag/utils.py``): the context is
+``preprocess(activity_label + ": " + ctx_a + " " + ctx_b.capitalize())`` and each ending ``preprocess(ending)``,
+where ``preprocess`` strips, turns ``" [title]"`` into ``". "``, drops every ``[...]`` tag and collapses double
+spaces. It also tokenizes as the harness's ``hf`` model does: ``encode(context + " " + ending)`` split after
+``len(encode(context))`` tokens, and an over-long row keeps its last ``block_size + 1`` tokens (the last one
+scored, not fed). Then ``acc`` and ``acc_norm_chars`` are the harness's ``acc`` and ``acc_norm`` on the same model
+(``tests/model/test_lm_eval.py`` runs the harness itself on an exported model and compares), so the numbers
+compare with published ones.
 
 Rows are batched: the four endings of ``batch_size`` items become ``4·batch_size`` rows, right-padded to the
 longest; causal attention means padding after a row never changes the scores before it, and a mask keeps padding
@@ -26,6 +34,7 @@ The standard file is rowanz/hellaswag's ``hellaswag_val.jsonl`` (10,042 items); 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -63,6 +72,9 @@ class HellaSwagItem:
     context: str
     endings: tuple[str, str, str, str]
     label: int
+    activity_label: str | None = None  # the parts the harness rendering needs (None: the file lacks them)
+    ctx_a: str = ""
+    ctx_b: str = ""
 
 
 @dataclass(frozen=True)
@@ -99,12 +111,41 @@ def _parse_line(line: str, where: str) -> HellaSwagItem:
     if not isinstance(label, int) or isinstance(label, bool) or not 0 <= label < N_ENDINGS:
         raise MicrogptError(f"{where}: 'label' must be an integer 0-{N_ENDINGS - 1}, got {label!r}")
     ind = raw.get("ind", -1)
+    parts = [raw.get(key) for key in ("activity_label", "ctx_a", "ctx_b")]
+    activity, ctx_a, ctx_b = (p if isinstance(p, str) else None for p in parts)
     return HellaSwagItem(
         ind=ind if isinstance(ind, int) else -1,
         context=context,
         endings=(endings[0], endings[1], endings[2], endings[3]),
         label=label,
+        activity_label=activity if ctx_a is not None else None,
+        ctx_a=ctx_a or "",
+        ctx_b=ctx_b or "",
     )
+
+
+def harness_preprocess(text: str) -> str:
+    """lm-eval's ``hellaswag`` clean-up: WikiHow's ``[title]``/``[header]``/``[step]`` tags out, spaces mended."""
+    text = text.strip()
+    text = text.replace(" [title]", ". ")
+    text = re.sub("\\[.*?\\]", "", text)
+    return text.replace("  ", " ")
+
+
+def harness_item(item: HellaSwagItem) -> HellaSwagItem:
+    """The item as lm-eval's official ``hellaswag`` task renders it (see the module docstring).
+
+    Raises:
+        MicrogptError: When the item has no ``activity_label``/``ctx_a`` (a file without them).
+    """
+    if item.activity_label is None:
+        raise MicrogptError(
+            f"HellaSwag item {item.ind} has no activity_label/ctx_a/ctx_b, which the harness rendering needs "
+            "(use the rowanz/hellaswag jsonl, or drop --harness)"
+        )
+    context = harness_preprocess(item.activity_label + ": " + item.ctx_a + " " + item.ctx_b.capitalize())
+    e0, e1, e2, e3 = (harness_preprocess(ending) for ending in item.endings)
+    return HellaSwagItem(item.ind, context, (e0, e1, e2, e3), item.label, item.activity_label, item.ctx_a, item.ctx_b)
 
 
 def load_hellaswag(path: str | Path, limit: int | None = None) -> list[HellaSwagItem]:
@@ -161,13 +202,21 @@ def resolve_hellaswag_file(source: str | Path | None = None, cache_dir: str | Pa
     return Path(source)
 
 
-def render_item(item: HellaSwagItem, encoder: TextEncoder) -> tuple[list[int], list[list[int]]]:
+def render_item(item: HellaSwagItem, encoder: TextEncoder, joint: bool = False) -> tuple[list[int], list[list[int]]]:
     """Tokenize an item the nanoGPT way: ``encode(context)`` and, per ending, ``encode(" " + ending)``.
+
+    Args:
+        item: The question.
+        encoder: The tokenizer.
+        joint: Tokenize as lm-eval's ``hf`` model does instead: ``encode(context + " " + ending)``, the ending being
+            what follows the first ``len(encode(context))`` tokens.
 
     Returns:
         ``(context_ids, [ending_ids × 4])``.
     """
     context = encoder.encode_ordinary(item.context)
+    if joint:
+        return context, [encoder.encode_ordinary(item.context + " " + e)[len(context) :] for e in item.endings]
     # The space belongs to the ending: GPT-2's BPE attaches a leading space to the next word (" the").
     endings = [encoder.encode_ordinary(" " + ending) for ending in item.endings]
     return context, endings
@@ -177,6 +226,8 @@ def build_batch(
     rendered: Sequence[tuple[list[int], list[list[int]]]], block_size: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Pack items into padded rows: four rows per item, context then ending, cut to the last ``block_size``.
+
+    (The harness rendering passes ``block_size + 1`` and feeds all but the last token of each row.)
 
     Returns:
         ``(tokens, mask)``, both (4·n_items, T) with T the longest row (≤ ``block_size``): ``tokens`` int64 padded
@@ -211,13 +262,17 @@ def _logits_of(model: Callable[..., Any], idx: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def score_rows(logits: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def score_rows(
+    logits: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor, *, shifted: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-row summed and mean cross-entropy of the masked (ending) tokens.
 
     Args:
-        logits: (R, T, V) next-token logits for ``tokens``.
+        logits: (R, T, V) next-token logits for ``tokens`` (or (R, T-1, V) for ``tokens[:, :-1]`` when
+            ``shifted``: the last token was never fed).
         tokens: (R, T) token ids.
         mask: (R, T) true where the token is part of the ending.
+        shifted: ``logits`` already stop before the last position.
 
     Returns:
         ``(sum_loss, mean_loss)``, each (R,) float32. An ending token at position 0 has no prediction and is
@@ -227,7 +282,7 @@ def score_rows(logits: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor) -
     # Position t predicts token t+1: logits[:, t] scores tokens[:, t+1]. Only ending positions are kept before the
     # softmax, so the (R, T, V) logits are never copied (a few hundred MB for GPT-2's vocabulary).
     target_mask = mask[:, 1:]  # (R, T-1)
-    picked = logits[:, :-1][target_mask].float()  # (N, V), N = ending tokens in the batch
+    picked = (logits if shifted else logits[:, :-1])[target_mask].float()  # (N, V), N = ending tokens in the batch
     losses = F.cross_entropy(picked, tokens[:, 1:][target_mask], reduction="none")  # (N,)
     rows = torch.arange(R, device=logits.device).unsqueeze(1).expand_as(target_mask)[target_mask]  # (N,) row of each
     sum_loss = torch.zeros(R, device=logits.device).index_add_(0, rows, losses)
@@ -249,6 +304,7 @@ def score_hellaswag(
     block_size: int | None = None,
     batch_size: int = 8,
     progress: bool = False,
+    harness: bool = False,
 ) -> HellaSwagResult:
     """Score a model on HellaSwag items (see the module docstring for the three accuracy definitions).
 
@@ -261,12 +317,14 @@ def score_hellaswag(
         block_size: Longest row the model accepts; default ``model.config.block_size``, else 1,024.
         batch_size: Items per forward pass (four rows each).
         progress: Show a progress bar.
+        harness: Render, tokenize and truncate as lm-eval's official ``hellaswag`` task (module docstring).
 
     Returns:
         The accuracies.
 
     Raises:
         ValueError: When ``items`` is empty or ``batch_size`` < 1.
+        MicrogptError: With ``harness``, when an item lacks the fields the harness rendering needs.
     """
     if not items:
         raise ValueError("no HellaSwag items to score")
@@ -276,15 +334,19 @@ def score_hellaswag(
         config = getattr(model, "config", None)
         block_size = int(getattr(config, "block_size", None) or getattr(config, "n_positions", None) or 1024)
     target = next(model.parameters()).device  # the rows go where the model is
+    if harness:
+        items = [harness_item(item) for item in items]
     was_training = model.training
     model.eval()
     correct = correct_norm = correct_chars = done = 0
     try:
         with tqdm(total=len(items), desc="hellaswag", unit="item", disable=not progress) as bar:
             for chunk in _batches(items, batch_size):
-                tokens, mask = build_batch([render_item(item, encoder) for item in chunk], block_size)
+                rendered = [render_item(item, encoder, joint=harness) for item in chunk]
+                tokens, mask = build_batch(rendered, block_size + 1 if harness else block_size)
                 tokens, mask = tokens.to(target), mask.to(target)
-                sum_loss, mean_loss = score_rows(_logits_of(model, tokens), tokens, mask)
+                logits = _logits_of(model, tokens[:, :-1] if harness else tokens)
+                sum_loss, mean_loss = score_rows(logits, tokens, mask, shifted=harness)
                 sum_loss, mean_loss = sum_loss.view(-1, N_ENDINGS).cpu(), mean_loss.view(-1, N_ENDINGS).cpu()
                 chars = torch.tensor([[len(e) for e in item.endings] for item in chunk], dtype=torch.float32)
                 labels = torch.tensor([item.label for item in chunk])
@@ -310,6 +372,7 @@ def evaluate_hellaswag(
     batch_size: int = 8,
     progress: bool = False,
     cache_dir: str | Path | None = None,
+    harness: bool = False,
 ) -> HellaSwagResult:
     """Evaluate a model on HellaSwag from a file or URL: the one call the CLI and the pipeline report use.
 
@@ -321,6 +384,7 @@ def evaluate_hellaswag(
         batch_size: Items per forward pass.
         progress: Show a progress bar.
         cache_dir: Download cache folder.
+        harness: Render the items as lm-eval's official ``hellaswag`` task (see :func:`score_hellaswag`).
 
     Returns:
         The accuracies; ``acc_norm`` is the nanoGPT definition (mean token loss of the ending).
@@ -335,7 +399,7 @@ def evaluate_hellaswag(
     path = resolve_hellaswag_file(source, cache_dir)
     items = load_hellaswag(path, limit=limit)
     log.info("HellaSwag: scoring %d items from %s", len(items), path)
-    result = score_hellaswag(model, encoder, items, batch_size=batch_size, progress=progress)
+    result = score_hellaswag(model, encoder, items, batch_size=batch_size, progress=progress, harness=harness)
     log.info(
         "HellaSwag: acc %.4f  acc_norm %.4f  acc_norm_chars %.4f  (%d items)",
         result.acc,
@@ -354,6 +418,7 @@ def evaluate_hellaswag_checkpoint(
     batch_size: int = 8,
     device: str = "auto",
     progress: bool = False,
+    harness: bool = False,
 ) -> HellaSwagResult:
     """Load a checkpoint (with its tokenizer) and evaluate it on HellaSwag: ``microgpt eval CKPT --task hellaswag``.
 
@@ -364,6 +429,7 @@ def evaluate_hellaswag_checkpoint(
         batch_size: Items per forward pass.
         device: ``auto`` (cuda → mps → cpu), ``cpu``, ``cuda``...
         progress: Show a progress bar.
+        harness: Render the items as lm-eval's official ``hellaswag`` task (see :func:`score_hellaswag`).
 
     Raises:
         MicrogptError: On a missing or corrupt checkpoint, or a missing or malformed HellaSwag file.
@@ -372,5 +438,5 @@ def evaluate_hellaswag_checkpoint(
 
     loaded = load_model(checkpoint, device=device)
     return evaluate_hellaswag(
-        loaded.model, loaded.tokenizer, source, limit=limit, batch_size=batch_size, progress=progress
+        loaded.model, loaded.tokenizer, source, limit=limit, batch_size=batch_size, progress=progress, harness=harness
     )

@@ -101,7 +101,8 @@ def _unstack(config: GPTConfig, ours: str, tensor: torch.Tensor, parts: int) -> 
         return (tensor,)
     if ours == "attn.c_attn.weight":
         q, kv = config.n_head * config.head_dim, config.n_kv_head * config.head_dim
-        return tensor.split([q, kv, kv])
+        qkv: tuple[torch.Tensor, ...] = tensor.split([q, kv, kv])
+        return qkv
     halves: tuple[torch.Tensor, ...] = tensor.chunk(parts)  # SwiGLU's gate and up, equal halves
     return halves
 
