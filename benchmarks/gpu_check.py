@@ -113,7 +113,8 @@ def build(
 ) -> tuple[nn.Module, list[torch.optim.Optimizer], float]:
     """The model on ``device``, its optimizers, and its training FLOPs per token by microgpt's formula."""
     torch.manual_seed(0)
-    config = GPTConfig(**shape, pos_encoding="learned", norm="layernorm", mlp="gelu", bias=True, tie_embeddings=True)
+    gpt2 = {"pos_encoding": "learned", "norm": "layernorm", "mlp": "gelu", "bias": True, "tie_embeddings": True}
+    config = GPTConfig.model_validate({**shape, **gpt2})
     if name == "microgpt":
         gpt = GPT(config).to(device)
         optimizers = build_optimizers(gpt, optimizer="adamw", lr=6e-4, weight_decay=0.1, betas=(0.9, 0.95))
@@ -154,7 +155,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any] | None:
         for opt in optimizers:
             opt.step()
             opt.zero_grad(set_to_none=True)
-        return loss.detach()
+        detached: torch.Tensor = loss.detach()
+        return detached
 
     started = time.perf_counter()
     for _ in range(args.warmup):  # compiles on the first step

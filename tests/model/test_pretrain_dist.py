@@ -67,7 +67,7 @@ def test_slow_rank0_prepare_outlasts_the_collective_timeout(tmp_path: Path, http
     assert [r["step"] for r in records] == list(range(1, 7))
     # The first step (where CUDA compiles) is in no rate; later records give the job's and one device's rate.
     assert "tokens_per_sec" not in records[0] and "mfu" not in records[0]
-    per_token = GPT(GPTConfig(**MODEL)).flops_per_token()
+    per_token = GPT(GPTConfig.model_validate(MODEL)).flops_per_token()
     for record in records[1:]:
         assert record["tokens_per_sec_per_device"] == pytest.approx(record["tokens_per_sec"] / 2)
         assert record["mfu"] == pytest.approx(per_token * record["tokens_per_sec_per_device"] / 1e12)
