@@ -18,6 +18,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from microgpt.common.checkpoint import list_checkpoints, load_model_weights, read_meta
 from microgpt.common.errors import MicrogptError
 from microgpt.common.log import get_logger
@@ -63,7 +65,14 @@ def baseline_config(config: PipelineConfig, parent: Path, data_dir: Path, lr: fl
     )
 
 
-def select_checkpoint(run_dir: Path, data_dir: Path, *, batch_size: int, max_batches: int | None) -> dict[str, Any]:
+def select_checkpoint(
+    run_dir: Path,
+    data_dir: Path,
+    *,
+    batch_size: int,
+    max_batches: int | None,
+    device: torch.device | str = "cpu",
+) -> dict[str, Any]:
     """Score every checkpoint of the baseline run on the val split; keep the lowest.
 
     Returns:
@@ -75,12 +84,13 @@ def select_checkpoint(run_dir: Path, data_dir: Path, *, batch_size: int, max_bat
     checkpoints = list_checkpoints(run_dir / "checkpoints")
     if not checkpoints:
         raise MicrogptError(f"{run_dir}: the compute-matched run saved no checkpoint to select from")
-    model = load_gpt(checkpoints[0])
+    model = load_gpt(checkpoints[0], device)
     losses: dict[int, float] = {}
     for path in checkpoints:
         load_model_weights(model, path)
         step = int(read_meta(path).get("step") or 0)
-        losses[step] = evaluate_split(model, data_dir, "val", batch_size=batch_size, max_batches=max_batches).loss
+        score = evaluate_split(model, data_dir, "val", batch_size=batch_size, max_batches=max_batches, device=device)
+        losses[step] = score.loss
     best_step = min(losses, key=lambda step: (losses[step], step))
     chosen = next(p for p in checkpoints if int(read_meta(p).get("step") or 0) == best_step)
     log.info(

@@ -100,7 +100,8 @@ def score_state_dict(
     *,
     batch_size: int = 16,
     max_batches: int | None = None,
+    device: torch.device | str = "cpu",
 ) -> SplitScore:
-    """Load ``state`` into ``model`` (same architecture) and score it on ``split`` (greedy soup's held-out loss)."""
+    """Load ``state`` into ``model`` (same architecture, already on ``device``) and score it on ``split``."""
     model.load_state_dict(dict(state), strict=True)
-    return evaluate_split(model, data_dir, split, batch_size=batch_size, max_batches=max_batches)
+    return evaluate_split(model, data_dir, split, batch_size=batch_size, max_batches=max_batches, device=device)

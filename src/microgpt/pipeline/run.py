@@ -19,7 +19,7 @@ has one, and a step killed halfway resumes from what it left (trainers from thei
 preparation from its finished shards). Nothing already produced is deleted.
 
 Under ``torchrun`` the training steps run on every rank; preparation, soups, evaluation and the report run on
-rank 0 while the others wait at a barrier.
+rank 0 — on the training device — while the others wait on the process group's store (no collective timeout).
 """
 
 from __future__ import annotations
@@ -38,14 +38,14 @@ from microgpt.common.atomic import atomic_write_text
 from microgpt.common.checkpoint import resolve_checkpoint
 from microgpt.common.config import dump_config, load_yaml
 from microgpt.common.device import pick_device
-from microgpt.common.dist import DistInfo, barrier, destroy_distributed, init_distributed
+from microgpt.common.dist import DistInfo, barrier, destroy_distributed, init_distributed, run_on_main
 from microgpt.common.errors import MicrogptError
 from microgpt.common.log import get_logger
 from microgpt.common.sources import FileSource, expand_paths, source_label
 from microgpt.data.config import DataConfig
 from microgpt.model.finetune import TOKENIZER_DIR, FinetuneConfig, FinetuneTrainer
 from microgpt.pipeline.config import COMPUTE_MATCHED, PipelineConfig
-from microgpt.pipeline.scoring import score_models, write_pipeline_report
+from microgpt.pipeline.scoring import score_models, scoring_device, write_pipeline_report
 from microgpt.tokenizer import Tokenizer
 
 log = get_logger(__name__)
@@ -54,7 +54,7 @@ CONFIG_FILE = "pipeline.yaml"
 STEPS_DIR = "steps"
 # Sections whose change makes the run directory a different run (later sections only change soups/eval/report).
 TRAINING_SECTIONS = ("seed", "tokenizer", "stage1", "stage2")
-DERIVED_STEPS_PREFIXES = ("soups", "eval-")
+DERIVED_STEPS_PREFIXES = ("soups", "eval-", "compute-matched-select")
 
 
 class StepLog:
@@ -87,8 +87,12 @@ class StepLog:
         log.info("pipeline: %s", name)
         started = time.perf_counter()
         result: dict[str, Any] = {}
-        if all_ranks or self.dist.is_main:
+        if all_ranks:
             result = work()
+        else:
+            # Rank 0 works while the others wait on the process group's store, not in a barrier: a long
+            # preparation or evaluation must not outlast the collective timeout (and kill the job).
+            result = run_on_main(f"pipeline step {name}", work) or {}
         result["seconds"] = time.perf_counter() - started
         if self.dist.is_main:
             atomic_write_text(self.dir / f"{name}.json", json.dumps(result, indent=1) + "\n")
@@ -255,7 +259,11 @@ def _run(config: PipelineConfig, run_dir: Path, dist: DistInfo) -> dict[str, Any
         baseline = steps.run(
             f"{COMPUTE_MATCHED}-select",
             lambda: select_checkpoint(
-                finetune.out_dir, data_dir, batch_size=config.eval.batch_size, max_batches=config.eval.max_batches
+                finetune.out_dir,
+                data_dir,
+                batch_size=config.eval.batch_size,
+                max_batches=config.eval.max_batches,
+                device=scoring_device(config),
             ),
         )
         curves[COMPUTE_MATCHED] = finetune.out_dir / "metrics.jsonl"
@@ -396,6 +404,7 @@ def _make_soups(
             batch_size=config.eval.batch_size,
             max_batches=config.eval.max_batches,
             overwrite=True,
+            device=scoring_device(config),
         )
         made = {soup_dir_name(o.recipe): o.to_dict() for o in outcomes.values()}
     for run in config.trajectory_runs:
@@ -408,6 +417,7 @@ def _make_soups(
             batch_size=config.eval.batch_size,
             max_batches=config.eval.max_batches,
             overwrite=True,
+            device=scoring_device(config),
         )
         made[name] = {**outcome.to_dict(), "run": run}
     return {"soups": made}

@@ -17,6 +17,10 @@ import math
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from microgpt.common.device import pick_device
+from microgpt.common.dist import DistInfo
 from microgpt.common.log import get_logger
 from microgpt.model.generate import generate_ids
 from microgpt.pipeline.config import COMPUTE_MATCHED, PipelineConfig
@@ -27,16 +31,22 @@ from microgpt.tokenizer import Tokenizer
 log = get_logger(__name__)
 
 
+def scoring_device(config: PipelineConfig) -> torch.device:
+    """Where rank 0 scores models: the stage-2 training device (a GPU when training used one), not the CPU."""
+    return pick_device(config.stage2.train.device, DistInfo.from_env().local_rank)
+
+
 def score_models(config: PipelineConfig, checkpoint: Path, data_dir: Path) -> dict[str, Any]:
-    """Test and val scores of one checkpoint (plus HellaSwag when its file exists).
+    """Test and val scores of one checkpoint (plus HellaSwag when its file exists), on :func:`scoring_device`.
 
     Returns:
         ``{"checkpoint", "test_loss", "test_bpb", "val_loss", "val_bpb", "hellaswag"}``.
     """
-    model = load_gpt(checkpoint)
+    device = scoring_device(config)
+    model = load_gpt(checkpoint, device)
     batch, limit = config.eval.batch_size, config.eval.max_batches
-    test = evaluate_split(model, data_dir, "test", batch_size=batch, max_batches=limit)
-    val = evaluate_split(model, data_dir, "val", batch_size=batch, max_batches=limit)
+    test = evaluate_split(model, data_dir, "test", batch_size=batch, max_batches=limit, device=device)
+    val = evaluate_split(model, data_dir, "val", batch_size=batch, max_batches=limit, device=device)
     result: dict[str, Any] = {
         "checkpoint": str(checkpoint),
         "test_loss": test.loss,

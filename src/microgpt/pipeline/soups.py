@@ -20,6 +20,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, get_args
 
+import torch
 import yaml
 
 from microgpt.common.checkpoint import (
@@ -301,6 +302,7 @@ def make_soups(
     batch_size: int = 16,
     max_batches: int | None = None,
     overwrite: bool = False,
+    device: torch.device | str = "cpu",
 ) -> dict[Recipe, SoupOutcome]:
     """Merge ``checkpoints`` with each recipe and save each soup under ``out_dir/<name>`` (:func:`soup_dir_name`).
 
@@ -318,6 +320,7 @@ def make_soups(
         batch_size: Windows per forward pass when scoring.
         max_batches: Score only the first batches of the split (None: all of it).
         overwrite: Replace soups already in ``out_dir`` (otherwise an occupied folder is refused before any work).
+        device: Where the val split is scored (the pipeline passes its training device).
 
     Returns:
         One outcome per recipe.
@@ -349,11 +352,13 @@ def make_soups(
     if len(ingredients) == 1:
         log.warning("a soup of one ingredient is that ingredient: the soups equal %s", labels[0])
     template = loaded[0][1]
-    scorer = load_gpt(template) if data_dir is not None else None
+    scorer = load_gpt(template, device) if data_dir is not None else None
 
     def held_out_loss(state: StateDict) -> float:
         assert scorer is not None and data_dir is not None
-        return score_state_dict(scorer, state, data_dir, "val", batch_size=batch_size, max_batches=max_batches).loss
+        return score_state_dict(
+            scorer, state, data_dir, "val", batch_size=batch_size, max_batches=max_batches, device=device
+        ).loss
 
     states = [ing.state_dict for ing in ingredients]
     outcomes: dict[Recipe, SoupOutcome] = {}
@@ -460,6 +465,7 @@ def make_trajectory_soup(
     batch_size: int = 16,
     max_batches: int | None = None,
     overwrite: bool = False,
+    device: torch.device | str = "cpu",
 ) -> SoupOutcome:
     """Trajectory averaging (LAWA): the mean of several checkpoints of one run, saved as ``out_dir/<name>``.
 
@@ -471,6 +477,7 @@ def make_trajectory_soup(
         batch_size: Windows per forward pass when scoring.
         max_batches: Score only the first batches of the split.
         overwrite: Replace a soup already there.
+        device: Where the val split is scored.
 
     Raises:
         MicrogptError: When the checkpoints come from different runs, repeat a step, number fewer than 2, or the
@@ -487,8 +494,10 @@ def make_trajectory_soup(
     state = uniform_soup([ing.state_dict for ing in ingredients])
     loss = None
     if data_dir is not None:
-        scorer = load_gpt(loaded[0][1])
-        loss = score_state_dict(scorer, state, data_dir, "val", batch_size=batch_size, max_batches=max_batches).loss
+        scorer = load_gpt(loaded[0][1], device)
+        loss = score_state_dict(
+            scorer, state, data_dir, "val", batch_size=batch_size, max_batches=max_batches, device=device
+        ).loss
     chosen = [ing.name for ing in ingredients]
     settings = {"steps": [ing.step for ing in ingredients]}
     path = save_soup(
