@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -33,9 +34,13 @@ STEPS = 6
 
 
 def _config(folder: Path) -> Path:
-    corpus = folder / "corpus.txt"
+    # The text lives in one place for every run, so that prepared data copied between run folders is the same
+    # data config (its paths are part of it).
+    shared = Path(tempfile.gettempdir()) / "microgpt-test-parallel-text"
+    shared.mkdir(exist_ok=True)
+    corpus = shared / "corpus.txt"
     corpus.write_text(VAL.read_text()[:20_040])  # byte-level tokens: an odd number of 40-token windows
-    heldout = folder / "heldout.txt"
+    heldout = shared / "heldout.txt"
     heldout.write_text(VAL.read_text()[50_000:50_400])
     config = {
         "out_dir": str(folder / "run"),
@@ -150,7 +155,7 @@ def test_fsdp_checkpoints_are_safetensors_and_json_and_consolidate(runs: dict[st
     assert (hf / "config.json").is_file()
     # a sharded checkpoint refuses a model of another shape in one line
     config = load_config(RunConfig, runs["fsdp"] / "run.yaml", ["model.n_embd=64"])
-    with pytest.raises(CheckpointError, match=r"weights do not match the model config: .* has shape \(257, 32\)"):
+    with pytest.raises(CheckpointError, match=r"weights do not match the model config: .* has shape \(320, 32\)"):
         load_model_state(GPT(config.model), step_dir)
 
 
