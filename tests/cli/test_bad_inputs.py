@@ -131,7 +131,10 @@ CASES = [
         "prepare-truncated-txt-gz",
         ["data", "prepare", "p.yaml"],
         "cut.txt.gz: the gzip stream is truncated",
-        files={"cut.txt.gz": _half_gzip(TEXT.encode() * 20), "p.yaml": _prepare_yaml("d", {"paths": ["cut.txt.gz"]})},
+        files={
+            "cut.txt.gz": _half_gzip(TEXT.encode() * 20),
+            "p.yaml": _prepare_yaml("d", {"type": "file", "paths": ["cut.txt.gz"]}),
+        },
     ),
     Case(
         "prepare-truncated-jsonl-gz",
@@ -139,7 +142,7 @@ CASES = [
         "cut.jsonl.gz: the gzip stream is truncated",
         files={
             "cut.jsonl.gz": _half_gzip("".join(json.dumps({"text": t}) + "\n" for t in TEXT.split("\n")).encode() * 20),
-            "p.yaml": _prepare_yaml("d", {"paths": ["cut.jsonl.gz"]}),
+            "p.yaml": _prepare_yaml("d", {"type": "file", "paths": ["cut.jsonl.gz"]}),
         },
         absent="not valid JSON",
     ),
