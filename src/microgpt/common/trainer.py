@@ -633,22 +633,6 @@ class Trainer(ABC):
         return path
 
 
-def _agreed_resume(path: str | None, dist: DistInfo) -> Path | None:
-    """Rank 0's resume decision, checked on this rank: a rank that cannot see that checkpoint has another out_dir.
-
-    Raises:
-        MicrogptError: When this rank does not see the checkpoint rank 0 resumes from.
-    """
-    if path is None:
-        return None
-    if not (Path(path) / "meta.json").is_file():
-        raise MicrogptError(
-            f"rank {dist.rank} cannot see {path}, the checkpoint rank 0 resumes from: every node needs the same "
-            "out_dir on a shared file system"
-        )
-    return Path(path)
-
-
 def checkpoint_step(step_dir: Path) -> int | None:
     """The step a checkpoint was saved at (its ``meta.json``), or None when it does not say."""
     step = read_meta(step_dir).get("step")
@@ -669,6 +653,22 @@ def refuse_past_max_steps(step_dir: Path | None, step: int | None, max_steps: in
         f"{step_dir} is at step {step}, past train.max_steps={max_steps}: a run cannot go back; set "
         f"train.max_steps={step} (or more) to resume it, or use another out_dir to train a shorter run"
     )
+
+
+def _agreed_resume(path: str | None, dist: DistInfo) -> Path | None:
+    """Rank 0's resume decision, checked on this rank: a rank that cannot see that checkpoint has another out_dir.
+
+    Raises:
+        MicrogptError: When this rank does not see the checkpoint rank 0 resumes from.
+    """
+    if path is None:
+        return None
+    if not (Path(path) / "meta.json").is_file():
+        raise MicrogptError(
+            f"rank {dist.rank} cannot see {path}, the checkpoint rank 0 resumes from: every node needs the same "
+            "out_dir on a shared file system"
+        )
+    return Path(path)
 
 
 def _due(step: int, interval: int) -> bool:

@@ -276,7 +276,6 @@ def run_pretraining(config: RunConfig, *, overwrite: bool = False) -> TrainResul
 
 def _prepare_on_main(config: RunConfig, *, overwrite: bool) -> tuple[Tokenizer, Path]:
     """Rank 0's part: check out_dir (another run, a lowered max_steps, a file in the way), prepare, save config."""
-    """Rank 0's part: check out_dir, prepare the data, save the run config."""
     check_out_dir(config, overwrite=overwrite)
     newest = latest_checkpoint(Path(config.out_dir) / "checkpoints", verify=False)
     if newest is not None:  # before anything is rewritten (run_config.yaml, metrics.jsonl)

@@ -262,9 +262,7 @@ def model_stock(parent: StateDict, states: Sequence[StateDict]) -> tuple[dict[st
     ([0.8284, 0.4142], 0.8284)
     """
     if len(states) < 2:
-        raise ConfigError(
-            f"model-stock needs at least 2 fine-tuned ingredients besides the parent, got {len(states)}"
-        )
+        raise ConfigError(f"model-stock needs at least 2 fine-tuned ingredients besides the parent, got {len(states)}")
     merged: dict[str, torch.Tensor] = {}
     ratios: dict[str, float] = {}
     for key, reference in states[0].items():
