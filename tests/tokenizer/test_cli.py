@@ -64,7 +64,8 @@ def test_non_utf8_input_is_a_clear_error(app: typer.Typer, tmp_path: Path) -> No
     args = ["tokenizer", "train", str(tmp_path / "latin.txt"), "-o", str(tmp_path / "tok"), "-v", "260"]
     result = CliRunner().invoke(app, args)
     assert isinstance(result.exception, MicrogptError)
-    assert "not valid utf-8 at byte 3" in str(result.exception)
+    assert "not valid utf-8 at byte 3" in str(result.exception).lower()
+    assert "--encoding latin-1" in str(result.exception)  # and it names the fix
     result = CliRunner().invoke(app, [*args, "--encoding", "latin-1"])
     assert result.exit_code == 0
     assert (
