@@ -356,6 +356,45 @@ def resolve_checkpoint(path: str | Path) -> Path:
     raise CheckpointError(f"{path}: no checkpoint here (expected a step directory or a run directory)")
 
 
+def finish_step_dir(
+    tmp: Path,
+    files: dict[str, str],
+    *,
+    step: int,
+    model_config: Mapping[str, Any],
+    run_config_yaml: str,
+    trainer_state: Mapping[str, Any],
+    rng_states: Sequence[Mapping[str, Any]],
+    meta: Mapping[str, Any],
+    write_extra: Callable[[Path], None] | None = None,
+) -> None:
+    """Write what every checkpoint kind shares into ``tmp``, then ``meta.json`` last with a sha256 per file.
+
+    Args:
+        tmp: The step directory being written (renamed into place by the caller).
+        files: File name → sha256 of what the caller already wrote (weights, optimizer state); completed here.
+        step: Optimizer steps taken so far.
+        model_config: The model config as JSON data.
+        run_config_yaml: The run config as YAML text.
+        trainer_state: Loop state (JSON-able).
+        rng_states: RNG state of every rank, rank 0 first.
+        meta: Extra fields for ``meta.json``.
+        write_extra: Called with ``tmp`` to add files (e.g. the tokenizer); their hashes are recorded too.
+    """
+    files["model_config.json"] = _write(tmp / "model_config.json", _json_bytes(dict(model_config)))
+    files["run_config.yaml"] = _write(tmp / "run_config.yaml", run_config_yaml.encode("utf-8"))
+    files["trainer.json"] = _write(tmp / "trainer.json", _json_bytes(dict(trainer_state)))
+    files["rng.json"] = _write(tmp / "rng.json", _json_bytes([dict(s) for s in rng_states]))
+    if write_extra is not None:
+        write_extra(tmp)
+        for extra in sorted(tmp.rglob("*")):
+            name = extra.relative_to(tmp).as_posix()
+            if extra.is_file() and name not in files:
+                files[name] = _sha256_path(extra)
+    record = {"format": FORMAT, "version": VERSION, "step": step, "created": time.time(), **meta, "files": files}
+    _write(tmp / META, _json_bytes(record))
+
+
 # ---- writing -----------------------------------------------------------------------------------------------
 
 
@@ -413,19 +452,17 @@ class CheckpointWriter:
                 opt_tensors, opt_json = optimizer_state_to_files(optimizers)
                 files["optimizer.safetensors"] = _write(tmp / "optimizer.safetensors", opt_tensors)
                 files["optimizer.json"] = _write(tmp / "optimizer.json", opt_json)
-                files["model_config.json"] = _write(tmp / "model_config.json", _json_bytes(dict(model_config)))
-                files["run_config.yaml"] = _write(tmp / "run_config.yaml", run_config_yaml.encode("utf-8"))
-                files["trainer.json"] = _write(tmp / "trainer.json", _json_bytes(dict(trainer_state)))
-                files["rng.json"] = _write(tmp / "rng.json", _json_bytes([dict(s) for s in rng_states]))
-                if write_extra is not None:
-                    write_extra(tmp)
-                    for extra in sorted(tmp.rglob("*")):
-                        name = extra.relative_to(tmp).as_posix()
-                        if extra.is_file() and name not in files:
-                            files[name] = _sha256_path(extra)
-                record = {"format": FORMAT, "version": VERSION, "step": step, "created": time.time(), **meta}
-                record.update({"aliases": aliases, "files": files})
-                _write(tmp / META, _json_bytes(record))
+                finish_step_dir(
+                    tmp,
+                    files,
+                    step=step,
+                    model_config=model_config,
+                    run_config_yaml=run_config_yaml,
+                    trainer_state=trainer_state,
+                    rng_states=rng_states,
+                    meta={**meta, "aliases": aliases},
+                    write_extra=write_extra,
+                )
         except OSError as error:
             reason = "out of disk space" if error.errno == errno.ENOSPC else str(error)
             previous = list_checkpoints(self.root)

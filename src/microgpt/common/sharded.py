@@ -24,7 +24,6 @@ import json
 import os
 import shutil
 import tempfile
-import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -37,13 +36,11 @@ from safetensors.torch import save as st_save
 from torch import nn
 
 from microgpt.common.checkpoint import (
-    FORMAT,
     META,
-    VERSION,
     CheckpointError,
     _json_bytes,
-    _sha256_path,
     _write,
+    finish_step_dir,
     load_model_weights,
     load_optimizer_state,
     read_meta,
@@ -175,19 +172,17 @@ def save_sharded(
                 files.update(part)
             files[SHARDS] = _write(tmp / SHARDS, _json_bytes({"world_size": world, "tensors": index}))
             files["optimizer.json"] = _write(tmp / "optimizer.json", _json_bytes(described))
-            files["model_config.json"] = _write(tmp / "model_config.json", _json_bytes(dict(model_config)))
-            files["run_config.yaml"] = _write(tmp / "run_config.yaml", run_config_yaml.encode("utf-8"))
-            files["trainer.json"] = _write(tmp / "trainer.json", _json_bytes(dict(trainer_state)))
-            files["rng.json"] = _write(tmp / "rng.json", _json_bytes([dict(s) for s in rng_states]))
-            if write_extra is not None:
-                write_extra(tmp)
-                for extra in sorted(tmp.rglob("*")):
-                    name = extra.relative_to(tmp).as_posix()
-                    if extra.is_file() and name not in files:
-                        files[name] = _sha256_path(extra)
-            record = {"format": FORMAT, "version": VERSION, "step": step, "created": time.time(), **meta}
-            record.update({"aliases": aliases, "sharded": {"world_size": world}, "files": files})
-            _write(tmp / META, _json_bytes(record))
+            finish_step_dir(
+                tmp,
+                files,
+                step=step,
+                model_config=model_config,
+                run_config_yaml=run_config_yaml,
+                trainer_state=trainer_state,
+                rng_states=rng_states,
+                meta={**meta, "aliases": aliases, "sharded": {"world_size": world}},
+                write_extra=write_extra,
+            )
             _replace_dir(tmp, target)
         except OSError as error:
             shutil.rmtree(tmp, ignore_errors=True)
