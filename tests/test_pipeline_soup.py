@@ -13,8 +13,9 @@ from microgpt.common.errors import MicrogptError
 from microgpt.common.sources import TextSource
 from microgpt.data import prepare_data
 from microgpt.data.config import DataConfig
-from microgpt.model.finetune import FinetuneTrainer, ancestor_id, checkpoint_id
-from microgpt.pipeline.evaluate import evaluate_split, load_gpt
+from microgpt.eval.split_loss import evaluate_split
+from microgpt.model.checkpoint_reader import ancestor_id, checkpoint_id, load_gpt
+from microgpt.model.finetune import FinetuneTrainer
 from microgpt.pipeline.soups import last_checkpoints, make_soups, make_trajectory_soup
 from microgpt.tokenizer import Tokenizer
 from tests.model.test_finetune import (

@@ -11,8 +11,8 @@ from microgpt.cli.main import main
 from microgpt.common.checkpoint import resolve_checkpoint
 from microgpt.common.config import validate_config
 from microgpt.common.trainer import TrainConfig
+from microgpt.eval.lineage import recorded_data
 from microgpt.model.finetune import FinetuneConfig, FinetuneTrainer
-from microgpt.model.lineage import recorded_data
 from tests.model.test_finetune import make_stage1, make_stage2_data, quiet_train
 
 

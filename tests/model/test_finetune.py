@@ -15,8 +15,10 @@ from microgpt.common.errors import MicrogptError
 from microgpt.common.sources import TextSource
 from microgpt.common.trainer import TrainConfig
 from microgpt.data import DataConfig, prepare_data
-from microgpt.model.finetune import FinetuneConfig, FinetuneTrainer, ancestor_id, checkpoint_id
-from microgpt.model.pretrain import RunConfig, run_pretraining
+from microgpt.model.checkpoint_reader import ancestor_id, checkpoint_id
+from microgpt.model.finetune import FinetuneConfig, FinetuneTrainer
+from microgpt.model.pretrain import RunConfig
+from microgpt.pipeline.pretraining import run_pretraining
 from microgpt.tokenizer import Tokenizer
 
 WORDS = "the cat sat on a mat while dogs ran far away from home and birds sang over green hills".split()

@@ -11,9 +11,7 @@ from tiktoken.load import load_tiktoken_bpe
 from tiktoken_ext.openai_public import r50k_pat_str  # type: ignore[import-untyped]  # tiktoken ships no stubs here
 
 from microgpt.common.errors import MicrogptError
-from microgpt.model.config import GPTConfig
-from microgpt.model.gpt import GPT
-from microgpt.model.hellaswag import (
+from microgpt.eval.hellaswag import (
     HellaSwagItem,
     build_batch,
     evaluate_hellaswag,
@@ -22,6 +20,8 @@ from microgpt.model.hellaswag import (
     score_hellaswag,
     score_rows,
 )
+from microgpt.model.config import GPTConfig
+from microgpt.model.gpt import GPT
 from tests.http_server import ServerState
 
 GPT2_VOCAB = 50257
@@ -275,7 +275,8 @@ def _cli(args: list[str]) -> int:
 @pytest.mark.slow
 def test_cli_eval_task_hellaswag(tmp_path: Path, val_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from microgpt import load_model
-    from microgpt.model.pretrain import RunConfig, run_pretraining
+    from microgpt.model.pretrain import RunConfig
+    from microgpt.pipeline.pretraining import run_pretraining
 
     text = (val_file.parent.parent / "tinyshakespeare.txt").read_text(encoding="utf-8")[:20_000]
     run = RunConfig.model_validate(

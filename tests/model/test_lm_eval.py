@@ -21,9 +21,7 @@ import torch
 
 from microgpt.cli.main import main
 from microgpt.common.errors import MicrogptError
-from microgpt.model.config import GPTConfig
-from microgpt.model.gpt import GPT
-from microgpt.model.hellaswag import (
+from microgpt.eval.hellaswag import (
     HellaSwagItem,
     build_batch,
     harness_item,
@@ -32,6 +30,8 @@ from microgpt.model.hellaswag import (
     score_hellaswag,
     score_rows,
 )
+from microgpt.model.config import GPTConfig
+from microgpt.model.gpt import GPT
 from microgpt.model.hf import export_hf
 from microgpt.tokenizer import Tokenizer
 

@@ -119,7 +119,7 @@ def test_bad_configs_are_clear_errors(tmp_path: Path, capsys: pytest.CaptureFixt
     assert _cli(["train", str(config), "model.n_embd=33"]) == 2
     assert "n_embd must be divisible by n_head" in capsys.readouterr().err
     with pytest.raises(ConfigError, match="model.vocab_size=500 does not match the tokenizer's vocabulary"):
-        from microgpt.model.pretrain import run_pretraining
+        from microgpt.pipeline.pretraining import run_pretraining
 
         run_pretraining(load_config(RunConfig, config, ["model.vocab_size=500"]))
     assert not (tmp_path / "run" / "checkpoints").exists()  # refused before training started

@@ -51,7 +51,7 @@ def register(app: typer.Typer) -> None:
         from microgpt.common.errors import MicrogptError
 
         if task == "hellaswag":
-            from microgpt.model.hellaswag import evaluate_hellaswag_checkpoint
+            from microgpt.eval.hellaswag import evaluate_hellaswag_checkpoint
 
             hs = evaluate_hellaswag_checkpoint(
                 checkpoint,
@@ -77,7 +77,7 @@ def register(app: typer.Typer) -> None:
             raise MicrogptError("--harness applies to --task hellaswag only")
         if task != "loss":
             raise MicrogptError(f"--task must be loss or hellaswag, got {task!r}")
-        from microgpt.model.api import evaluate_checkpoint
+        from microgpt.eval.split_loss import evaluate_checkpoint
 
         if split not in ("val", "test"):
             raise MicrogptError(f"--split must be val or test, got {split!r}")

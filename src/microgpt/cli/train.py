@@ -37,7 +37,8 @@ def register(app: typer.Typer) -> None:
             command += ["-m", "microgpt", "train", str(config), *(overrides or [])]
             command += ["--overwrite"] if overwrite else []
             raise typer.Exit(subprocess.call(command))
-        from microgpt.model.pretrain import RunConfig, run_pretraining
+        from microgpt.model.pretrain import RunConfig
+        from microgpt.pipeline.pretraining import run_pretraining
 
         run = load_config(RunConfig, config, overrides or [])
         result = run_pretraining(run, overwrite=overwrite)

@@ -48,6 +48,7 @@ log = get_logger(__name__)
 FORMAT = "microgpt-checkpoint"
 VERSION = 1
 META = "meta.json"
+TOKENIZER_DIR = "tokenizer"  # the tokenizer beside a checkpoint's weights, and beside prepared shards
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 
 

@@ -42,6 +42,7 @@ from microgpt.common.device import autocast_dtype, peak_flops, pick_device, seed
 from microgpt.common.dist import DistInfo, barrier, broadcast_object, destroy_distributed, init_distributed
 from microgpt.common.errors import MicrogptError
 from microgpt.common.log import get_logger
+from microgpt.common.loss_eval import evaluate
 from microgpt.common.metrics import MetricsLog, Throughput
 from microgpt.common.optim import build_optimizers, set_learning_rate
 from microgpt.common.parallel import (
@@ -542,27 +543,17 @@ class Trainer(ABC):
             value /= self.dist.world_size
         return float(value.item())
 
-    @torch.no_grad()
     def _evaluate(self, model: nn.Module, max_batches: int | None) -> float:
         """Mean loss per target token over the validation batches, across all ranks."""
-        dtype = autocast_dtype(self.device, self.config.precision)
-        model.eval()
-        total = torch.zeros(2, dtype=torch.float64, device=self.device)  # [sum of losses, count of targets]
-        try:
-            for x, y in self.eval_batches(max_batches):
-                x, y = x.to(self.device), y.to(self.device)
-                with torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not torch.float32):
-                    loss = self.compute_loss(model, (x, y))
-                count = (y != -1).sum()
-                total[0] += loss.double() * count
-                total[1] += count
-        finally:
-            model.train()
-        if self.dist.is_distributed:
-            torch_dist.all_reduce(total)
-        if total[1].item() == 0:
-            raise MicrogptError("the validation split is empty: nothing to evaluate")
-        return float((total[0] / total[1]).item())
+        return evaluate(
+            model,
+            self.eval_batches(max_batches),
+            loss_fn=self.compute_loss,
+            device=self.device,
+            dtype=autocast_dtype(self.device, self.config.precision),
+            all_ranks=self.dist.is_distributed,
+            name="the validation split",
+        ).loss
 
     def _log_sample(self, model: nn.Module) -> None:
         if not self.dist.is_main and self.mode != "fsdp":  # under FSDP every rank runs the forwards (they gather)

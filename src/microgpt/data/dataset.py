@@ -11,6 +11,7 @@ from pathlib import Path
 from pydantic import Field
 
 from microgpt.common.atomic import atomic_directory, make_out_dir
+from microgpt.common.checkpoint import TOKENIZER_DIR
 from microgpt.common.config import ConfigBase, dump_config, load_yaml
 from microgpt.common.errors import MicrogptError
 from microgpt.common.log import get_logger
@@ -22,7 +23,6 @@ from microgpt.tokenizer import Tokenizer, TokenizerConfig, build_tokenizer
 
 log = get_logger(__name__)
 CONFIG_FILE = "prepare.yaml"
-TOKENIZER_DIR = "tokenizer"
 
 
 class PrepareConfig(ConfigBase):

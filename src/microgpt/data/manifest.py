@@ -74,6 +74,11 @@ class Manifest(_Strict):
         """UTF-8 bytes of the documents in ``split`` (bits per byte = nats/token × tokens / bytes / ln 2)."""
         return self.split(split).bytes
 
+    def text_size(self, split: Split) -> tuple[int, int]:
+        """``(tokens, bytes)`` of ``split``: what bits per byte needs (``loss_eval.evaluate``'s ``text_size``)."""
+        info = self.split(split)
+        return info.tokens, info.bytes
+
     def shard_paths(self, directory: Path, split: Split) -> list[Path]:
         """Paths of ``split``'s shards inside ``directory``."""
         return [directory / shard.file for shard in self.split(split).shards]

@@ -18,7 +18,6 @@ ingredients whose ancestors differ (Wortsman et al. 2022 average models fine-tun
 
 from __future__ import annotations
 
-import math
 import shutil
 from collections.abc import Iterable
 from functools import cached_property
@@ -30,25 +29,28 @@ from pydantic import Field
 from torch import nn
 
 from microgpt.common.checkpoint import (
-    CheckpointError,
     latest_checkpoint,
     load_model_weights,
     read_meta,
     resolve_checkpoint,
 )
-from microgpt.common.config import ConfigBase, validate_config
+from microgpt.common.config import ConfigBase
 from microgpt.common.errors import MicrogptError
 from microgpt.common.log import get_logger
+from microgpt.common.loss_eval import bits_per_byte
 from microgpt.common.trainer import Batch, BatchSource, TrainConfig, Trainer
-from microgpt.data.config import Split
 from microgpt.data.manifest import Manifest
-from microgpt.model.config import GPTConfig
+from microgpt.model.checkpoint_reader import (
+    TOKENIZER_DIR,
+    ancestor_id,
+    checkpoint_id,
+    read_model_config,
+    tokenizer_fingerprint,
+)
 from microgpt.model.gpt import GPT
 from microgpt.model.pretrain import RESUME_SAFE, flatten_config
 
 log = get_logger(__name__)
-
-TOKENIZER_DIR = "tokenizer"
 
 
 class FinetuneConfig(ConfigBase):
@@ -66,60 +68,6 @@ class FinetuneConfig(ConfigBase):
     )
     seed: int = Field(1337, description="Seed of dropout and sampling (the weights come from the parent).")
     data_seed: int = Field(0, description="Seed of the order of training batches.")
-
-
-def checkpoint_id(step_dir: Path) -> str:
-    """The content id of a checkpoint: ``sha256:`` plus the hash of its weights file (from ``meta.json``).
-
-    Content addressing keeps lineage valid when run folders are moved or copied.
-    """
-    meta = read_meta(step_dir)
-    digest = meta.get("files", {}).get("model.safetensors")
-    if not isinstance(digest, str):
-        raise CheckpointError(f"{step_dir}: meta.json does not list model.safetensors")
-    return f"sha256:{digest}"
-
-
-def ancestor_id(step_dir: Path) -> str:
-    """The stage-1 root of a checkpoint's lineage: its recorded ``ancestor``, or itself when it has no parent."""
-    meta = read_meta(step_dir)
-    ancestor = meta.get("ancestor")
-    if isinstance(ancestor, str) and ancestor:
-        return ancestor
-    return checkpoint_id(step_dir)
-
-
-def tokenizer_fingerprint(step_dir: Path) -> str:
-    """The fingerprint of the tokenizer a checkpoint was trained with (``meta.json``, else its ``tokenizer/``).
-
-    Raises:
-        CheckpointError: When the checkpoint records no tokenizer at all.
-    """
-    value = read_meta(step_dir).get("tokenizer_fingerprint")
-    if isinstance(value, str) and value:
-        return value
-    if (step_dir / TOKENIZER_DIR).is_dir():
-        from microgpt.tokenizer import Tokenizer
-
-        return Tokenizer.from_directory(step_dir / TOKENIZER_DIR).fingerprint
-    raise CheckpointError(f"{step_dir}: the checkpoint records no tokenizer (no tokenizer_fingerprint, no tokenizer/)")
-
-
-def read_model_config(step_dir: Path) -> GPTConfig:
-    """The :class:`GPTConfig` saved in a checkpoint.
-
-    Raises:
-        CheckpointError: When ``model_config.json`` is missing or invalid.
-    """
-    path = step_dir / "model_config.json"
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))  # JSON is YAML; one reader for both
-    except (OSError, yaml.YAMLError) as error:
-        raise CheckpointError(f"{step_dir}: cannot read model_config.json: {error}") from None
-    try:
-        return validate_config(GPTConfig, data)
-    except MicrogptError as error:
-        raise CheckpointError(f"{path}: invalid model config: {error}") from None
 
 
 class FinetuneTrainer(Trainer):
@@ -243,7 +191,7 @@ class FinetuneTrainer(Trainer):
 
     def bits_per_byte(self, loss: float) -> float | None:
         """Bits per byte of the validation split: nats/token × tokens / bytes / ln 2 (the split's own counts)."""
-        return bits_per_byte(loss, self.eval_manifest, "val")
+        return bits_per_byte(loss, *self.eval_manifest.text_size("val"))
 
     @cached_property
     def _tokenizer(self) -> Any:
@@ -277,11 +225,3 @@ class FinetuneTrainer(Trainer):
         source = self.parent_dir / TOKENIZER_DIR
         if source.is_dir():
             shutil.copytree(source, directory / TOKENIZER_DIR)
-
-
-def bits_per_byte(loss: float, manifest: Manifest, split: Split) -> float | None:
-    """Convert a mean loss (nats/token) over ``split`` to bits per byte; None when the split has no bytes."""
-    tokens, n_bytes = manifest.split_tokens(split), manifest.split_bytes(split)
-    if tokens <= 0 or n_bytes <= 0:
-        return None
-    return loss * tokens / n_bytes / math.log(2)

@@ -1,37 +1,28 @@
 """Pretraining: the run config, and the trainer that feeds token shards to a GPT.
 
-``microgpt train CONFIG`` calls :func:`run_pretraining`: it makes sure the tokenizer and the shards exist in
-``out_dir/data`` (training the tokenizer and tokenizing the corpus the first time), then trains — resuming from
-the newest complete checkpoint when ``out_dir`` already holds one of the same run.
+``microgpt train CONFIG`` runs :func:`microgpt.pipeline.pretraining.run_pretraining`, which prepares the tokenizer
+and the shards in ``out_dir/data`` and then hands them to :class:`PretrainTrainer` here.
 """
 
 from __future__ import annotations
 
-import math
-import shutil
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-import torch
 import yaml
 from pydantic import Field, model_validator
 from torch import nn
 
-from microgpt.common.atomic import make_out_dir
-from microgpt.common.checkpoint import latest_checkpoint
-from microgpt.common.config import ConfigBase, dump_config, load_yaml
-from microgpt.common.device import pick_device
-from microgpt.common.dist import DistInfo, check_shared_dir, destroy_distributed, init_distributed, run_on_main
-from microgpt.common.errors import ConfigError, MicrogptError
+from microgpt.common.checkpoint import TOKENIZER_DIR
+from microgpt.common.config import ConfigBase
+from microgpt.common.dist import DistInfo
 from microgpt.common.log import get_logger
+from microgpt.common.loss_eval import bits_per_byte
 from microgpt.common.trainer import (
     Batch,
     TrainConfig,
     Trainer,
-    TrainResult,
-    checkpoint_step,
-    refuse_past_max_steps,
 )
 from microgpt.data import DataConfig, Manifest
 from microgpt.data.loader import TokenLoader
@@ -107,34 +98,6 @@ def flatten_config(data: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix.rstrip("."): data}
 
 
-def check_out_dir(config: RunConfig, *, overwrite: bool) -> None:
-    """Refuse an ``out_dir`` that holds a different run's config, unless ``overwrite`` (then clear that run).
-
-    Raises:
-        MicrogptError: Naming the settings that differ.
-    """
-    out = Path(config.out_dir)
-    saved_path = out / RUN_CONFIG
-    if not saved_path.is_file():
-        return
-    saved, now = flatten_config(load_yaml(saved_path)), flatten_config(config.to_dict())
-    differ = sorted(k for k in set(saved) | set(now) if k not in RESUME_SAFE and saved.get(k) != now.get(k))
-    if not differ:
-        return
-    if not overwrite:
-        shown = ", ".join(differ[:4]) + (" …" if len(differ) > 4 else "")
-        raise MicrogptError(
-            f"{out} holds a different run (it differs in {shown}); use another out_dir, or --overwrite to replace it"
-        )
-    log.warning("--overwrite: clearing the previous run in %s", out)
-    data_changed = any(k.startswith(("tokenizer.", "data.")) for k in differ)
-    for name in ("checkpoints", DATA_DIR if data_changed else None):
-        if name is not None and (out / name).exists():
-            shutil.rmtree(out / name)
-    for name in ("metrics.jsonl", "loss.png", RUN_CONFIG):
-        (out / name).unlink(missing_ok=True)
-
-
 class PretrainTrainer(Trainer):
     """Next-token prediction on prepared shards (``out_dir/data``)."""
 
@@ -185,10 +148,7 @@ class PretrainTrainer(Trainer):
 
     def bits_per_byte(self, loss: float) -> float | None:
         """Nats per token → bits per UTF-8 byte of the validation split (comparable across tokenizers)."""
-        tokens, nbytes = self.manifest.split_tokens("val"), self.manifest.split_bytes("val")
-        if nbytes == 0:
-            return None
-        return loss * tokens / nbytes / math.log(2)
+        return bits_per_byte(loss, *self.manifest.text_size("val"))
 
     def sample_text(self, model: nn.Module, prompt: str, max_new_tokens: int) -> str | None:
         """Continue ``prompt`` with top-k sampling (a fixed seed, so samples compare across steps)."""
@@ -211,81 +171,4 @@ class PretrainTrainer(Trainer):
 
     def write_checkpoint_extra(self, directory: Path) -> None:
         """Save the tokenizer inside the checkpoint, so ``load_model`` needs nothing else."""
-        self.tokenizer.save(directory / "tokenizer")
-
-
-def prepare_run_data(config: RunConfig, *, progress: bool = False) -> tuple[Tokenizer, Path]:
-    """Make sure ``out_dir/data`` holds the tokenizer and the shards (prepare them unless complete).
-
-    Returns:
-        The tokenizer and the data folder.
-
-    Raises:
-        ConfigError: When the tokenizer's vocabulary does not match ``model.vocab_size``.
-        MicrogptError: When the shards were made by a different tokenizer.
-    """
-    from microgpt.data import PrepareConfig, prepare_dataset
-
-    data_dir = Path(config.out_dir) / DATA_DIR
-    manifest = prepare_dataset(
-        PrepareConfig(tokenizer=config.tokenizer, data=config.data, out_dir=data_dir), progress=progress
-    )
-    tokenizer = Tokenizer.from_directory(data_dir / "tokenizer")
-    if manifest.tokenizer.fingerprint != tokenizer.fingerprint:
-        raise MicrogptError(
-            f"{data_dir}: the shards were made by tokenizer {manifest.tokenizer.name!r} "
-            f"({manifest.tokenizer.fingerprint[:12]}), not by {tokenizer.name!r} ({tokenizer.fingerprint[:12]})"
-        )
-    if tokenizer.n_vocab != config.model.vocab_size:
-        raise ConfigError(
-            f"model.vocab_size={config.model.vocab_size} does not match the tokenizer's vocabulary "
-            f"({tokenizer.n_vocab} tokens): set model.vocab_size={tokenizer.n_vocab}"
-        )
-    return tokenizer, data_dir
-
-
-def run_pretraining(config: RunConfig, *, overwrite: bool = False) -> TrainResult:
-    """Prepare the data (rank 0; the others wait without a timeout), then train or resume: ``microgpt train``.
-
-    Args:
-        config: The run.
-        overwrite: Replace a different run found in ``out_dir`` instead of refusing.
-
-    Returns:
-        The final step, tokens, validation loss and bits per byte, and the last checkpoint.
-
-    Raises:
-        MicrogptError: For bad input: a different run in ``out_dir``, mismatched vocabularies, corrupt
-            checkpoints, NaN loss.
-    """
-    dist = DistInfo.from_env()
-    device = pick_device(config.train.device, dist.local_rank)
-    joined = dist.is_distributed and not torch.distributed.is_initialized()
-    init_distributed(dist, device)
-    try:
-        # Rank 0 alone checks out_dir and prepares the data (hours, for a big corpus); the others wait on the
-        # process group's store, which has no collective timeout, and learn of a failure in one line.
-        prepared = run_on_main("preparing the data", lambda: _prepare_on_main(config, overwrite=overwrite))
-        check_shared_dir(Path(config.out_dir))  # every node must see what rank 0 wrote
-        tokenizer, data_dir = prepared if prepared is not None else _load_prepared(config)
-        return PretrainTrainer(config, tokenizer, data_dir, dist=dist).fit()
-    finally:
-        if joined:
-            destroy_distributed()
-
-
-def _prepare_on_main(config: RunConfig, *, overwrite: bool) -> tuple[Tokenizer, Path]:
-    """Rank 0's part: check out_dir (another run, a lowered max_steps, a file in the way), prepare, save config."""
-    check_out_dir(config, overwrite=overwrite)
-    newest = latest_checkpoint(Path(config.out_dir) / "checkpoints", verify=False)
-    if newest is not None:  # before anything is rewritten (run_config.yaml, metrics.jsonl)
-        refuse_past_max_steps(newest, checkpoint_step(newest), config.train.max_steps)
-    make_out_dir(Path(config.out_dir), "out_dir")
-    prepared = prepare_run_data(config, progress=config.train.progress)
-    dump_config(config, Path(config.out_dir) / RUN_CONFIG)
-    return prepared
-
-
-def _load_prepared(config: RunConfig) -> tuple[Tokenizer, Path]:
-    data_dir = Path(config.out_dir) / DATA_DIR
-    return Tokenizer.from_directory(data_dir / "tokenizer"), data_dir
+        self.tokenizer.save(directory / TOKENIZER_DIR)

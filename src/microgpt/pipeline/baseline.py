@@ -23,9 +23,10 @@ import torch
 from microgpt.common.checkpoint import list_checkpoints, load_model_weights, read_meta
 from microgpt.common.errors import MicrogptError
 from microgpt.common.log import get_logger
+from microgpt.eval.split_loss import evaluate_split
+from microgpt.model.checkpoint_reader import load_gpt
 from microgpt.model.finetune import FinetuneConfig
 from microgpt.pipeline.config import COMPUTE_MATCHED, PipelineConfig
-from microgpt.pipeline.evaluate import evaluate_split, load_gpt
 
 log = get_logger(__name__)
 

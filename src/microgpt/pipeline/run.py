@@ -43,7 +43,8 @@ from microgpt.common.errors import MicrogptError
 from microgpt.common.log import get_logger
 from microgpt.common.sources import FileSource, expand_paths, source_label
 from microgpt.data.config import DataConfig
-from microgpt.model.finetune import TOKENIZER_DIR, FinetuneConfig, FinetuneTrainer
+from microgpt.model.checkpoint_reader import TOKENIZER_DIR
+from microgpt.model.finetune import FinetuneConfig, FinetuneTrainer
 from microgpt.pipeline.config import COMPUTE_MATCHED, PipelineConfig
 from microgpt.pipeline.scoring import score_models, scoring_device, write_pipeline_report
 from microgpt.tokenizer import Tokenizer
@@ -199,7 +200,7 @@ def _run(config: PipelineConfig, run_dir: Path, dist: DistInfo) -> dict[str, Any
 
     # ---- stage 1: tokenizer, web-text shards, pretraining ----
     if config.stage2.init_from is None:
-        from microgpt.model.pretrain import prepare_run_data, run_pretraining
+        from microgpt.pipeline.pretraining import prepare_run_data, run_pretraining
 
         stage1 = _stage1_run_config(config)
         tokenizer_dir = Path(stage1.out_dir) / "data" / TOKENIZER_DIR

@@ -22,9 +22,10 @@ import torch
 from microgpt.common.device import pick_device
 from microgpt.common.dist import DistInfo
 from microgpt.common.log import get_logger
+from microgpt.eval.split_loss import evaluate_split
+from microgpt.model.checkpoint_reader import TOKENIZER_DIR, load_gpt
 from microgpt.model.generate import generate_ids
 from microgpt.pipeline.config import COMPUTE_MATCHED, PipelineConfig
-from microgpt.pipeline.evaluate import evaluate_split, load_gpt
 from microgpt.pipeline.report import ModelScore, Report, write_report
 from microgpt.tokenizer import Tokenizer
 
@@ -58,9 +59,9 @@ def score_models(config: PipelineConfig, checkpoint: Path, data_dir: Path) -> di
     }
     path = config.eval.hellaswag
     if path is not None and Path(path).is_file():
-        from microgpt.model.hellaswag import evaluate_hellaswag
+        from microgpt.eval.hellaswag import evaluate_hellaswag
 
-        tokenizer = Tokenizer.from_directory(checkpoint / "tokenizer")
+        tokenizer = Tokenizer.from_directory(checkpoint / TOKENIZER_DIR)
         result["hellaswag"] = evaluate_hellaswag(model, tokenizer, path, limit=config.eval.hellaswag_limit).to_dict()
     elif path is not None:
         _warn_missing_hellaswag(str(path))

@@ -34,10 +34,12 @@ from microgpt.common.checkpoint import (
 from microgpt.common.errors import ConfigError, MicrogptError
 from microgpt.common.log import get_logger
 from microgpt.data.manifest import Manifest
-from microgpt.model.finetune import (
+from microgpt.eval.split_loss import score_state_dict
+from microgpt.model.checkpoint_reader import (
     TOKENIZER_DIR,
     ancestor_id,
     checkpoint_id,
+    load_gpt,
     read_model_config,
     tokenizer_fingerprint,
 )
@@ -55,7 +57,6 @@ from microgpt.model.soup import (
     ties_merge,
     uniform_soup,
 )
-from microgpt.pipeline.evaluate import load_gpt, score_state_dict
 
 log = get_logger(__name__)
 

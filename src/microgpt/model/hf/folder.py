@@ -16,6 +16,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from microgpt.common.atomic import atomic_write_text, make_out_dir
+from microgpt.common.checkpoint import TOKENIZER_DIR
 from microgpt.common.errors import MicrogptError
 from microgpt.model.config import GPTConfig
 from microgpt.model.gpt import GPT
@@ -231,7 +232,7 @@ def import_to_checkpoint(source: str | Path, out_dir: str | Path, *, overwrite: 
         raise MicrogptError(f"{source}: tokenizer has {tokenizer.n_vocab} tokens, the model {model.config.vocab_size}")
 
     def write_tokenizer(tmp: Path) -> None:
-        tokenizer.save(tmp / "tokenizer")
+        tokenizer.save(tmp / TOKENIZER_DIR)
 
     writer = CheckpointWriter(out / "checkpoints", keep_last=0)
     written = writer.save(
