@@ -43,3 +43,12 @@ def _hermetic(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPath
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.delenv("MICROGPT_DEVICE", raising=False)
+
+
+@pytest.fixture(autouse=True)
+def _compiled_tokenizer_kernels(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests encode small texts: let them reach the compiled kernels at once (``bpe_jit.use_compiled``), as a
+    process with the kernels compiled does, so the tests keep proving the compiled path against the plain one."""
+    from microgpt.tokenizer import bpe_jit
+
+    monkeypatch.setattr(bpe_jit, "_ready", True)

@@ -52,3 +52,35 @@ def test_fallback_without_jit_gives_the_same_ids(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setattr(bpe_jit, "_KERNELS", None)  # as without numba
     assert not bpe_jit.jit_available()
     assert ChunkBPE(ranks).encode(["abcab", "abc", "q"]) == [(258, 257), (258,), (113,)]
+
+
+@needs_jit
+def test_small_jobs_take_the_plain_loop_until_the_kernels_are_worth_compiling(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A fresh install: nothing compiled, nothing in numba's cache. The first bytes go through the plain loop
+    # (same ids, no ~40 s compile); past COMPILE_AFTER_BYTES the kernels are used from then on.
+    monkeypatch.setattr(bpe_jit, "_ready", False)
+    monkeypatch.setattr(bpe_jit, "_plain_bytes", 0)
+    monkeypatch.setattr(bpe_jit, "_cached_on_disk", lambda kernels: False)
+    monkeypatch.setattr(bpe_jit, "COMPILE_AFTER_BYTES", 100)
+    assert not bpe_jit.use_compiled(60)
+    assert not bpe_jit.use_compiled(60)  # 60 < 100 bytes seen before this call
+    assert bpe_jit.use_compiled(10)  # 120 >= 100: compile now
+    assert bpe_jit.use_compiled(10**9)
+    monkeypatch.setattr(bpe_jit, "_ready", False)
+    monkeypatch.setattr(bpe_jit, "_cached_on_disk", lambda kernels: True)  # compiled by an earlier process
+    assert bpe_jit.use_compiled(1)
+
+
+def test_plain_loop_for_a_small_job_gives_the_compiled_ids(monkeypatch: pytest.MonkeyPatch) -> None:
+    from microgpt.tokenizer import Tokenizer
+
+    tok = Tokenizer.train(["the cat sat on the mat, 123 times\n\n"] * 5, 300, pattern="gpt4")
+    text = "the cat sat on 12345 mats!\n\n  indeed, unbelievably"
+    compiled = tok.encode(text)
+    monkeypatch.setattr(bpe_jit, "_ready", False)
+    monkeypatch.setattr(bpe_jit, "_cached_on_disk", lambda kernels: False)
+    fresh = Tokenizer(tok.ranks, tok.pattern, tok.special_tokens)
+    assert fresh.encode(text) == compiled
+    assert not bpe_jit._ready  # the small job did not compile

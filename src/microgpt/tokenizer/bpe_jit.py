@@ -13,6 +13,7 @@ every fast path, :mod:`microgpt.common.kernels`), the pure-Python loop runs inst
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from itertools import accumulate, compress, repeat
 from operator import is_
@@ -48,6 +49,37 @@ def _kernels() -> tuple[Any, Any, Any] | None:
     return _KERNELS
 
 
+# A fresh install compiles the kernels on first use (~40 s for split + encode). Until they are compiled or found
+# in numba's cache on disk, the first COMPILE_AFTER_BYTES of text a process encodes take the plain loop (the
+# bundled demo's 2 MB: ~1 s), and only a bigger job pays the compile, once.
+COMPILE_AFTER_BYTES = 16 << 20
+_plain_bytes = 0
+_ready = False
+
+
+def _cached_on_disk(kernels: tuple[Any, ...]) -> bool:
+    """Whether numba's on-disk cache holds every kernel (then loading them costs ~0.1 s, not a compile)."""
+    for kernel in kernels:
+        cache_file = getattr(getattr(kernel, "_cache", None), "_cache_file", None)
+        index = getattr(cache_file, "_index_path", None)
+        if not isinstance(index, str) or not os.path.exists(index):
+            return False
+    return True
+
+
+def use_compiled(n_bytes: int) -> bool:
+    """Whether to encode ``n_bytes`` of text with the compiled kernels (see ``COMPILE_AFTER_BYTES``)."""
+    global _plain_bytes, _ready
+    kernels = _kernels()
+    if kernels is None:
+        return False
+    if not _ready and (_plain_bytes >= COMPILE_AFTER_BYTES or _cached_on_disk(kernels)):
+        _ready = True
+    if not _ready:
+        _plain_bytes += n_bytes
+    return _ready
+
+
 def jit_available() -> bool:
     """Whether the compiled kernel runs (numba importable and ``MICROGPT_KERNELS`` not ``0``)."""
     return _kernels() is not None
@@ -81,6 +113,8 @@ class ChunkBPE:
             data = np.frombuffer(b"", np.uint8)  # read-only like encode's: the same compiled signature
             kernels[1](data, np.zeros(1, np.int64), *table)  # loads the machine code
             kernels[2](data, 0, class_table())
+            global _ready
+            _ready = True
 
     def encode(self, chunks: Sequence[str]) -> list[tuple[int, ...]]:
         """The ids of each chunk; raises ``UnicodeEncodeError`` on a lone surrogate (the caller fixes the text)."""
@@ -97,8 +131,8 @@ class ChunkBPE:
         return (whole,) if whole is not None else self._encode_pieces([piece])[0]
 
     def _encode_pieces(self, pieces: list[bytes]) -> list[tuple[int, ...]]:
-        """BPE of pieces that are not single tokens: compiled in one call when numba is there."""
-        kernels = _kernels()
+        """BPE of pieces that are not single tokens: compiled in one call when the kernels are ready."""
+        kernels = _kernels() if use_compiled(0) else None  # the text's bytes were counted by the encoder
         if kernels is None:
             ranks = self.ranks
             return [tuple(encode_chunk(piece, ranks)) for piece in pieces]

@@ -34,7 +34,7 @@ import numpy as np
 import numpy.typing as npt
 import regex
 
-from microgpt.tokenizer.bpe_jit import ChunkBPE, jit_available
+from microgpt.tokenizer.bpe_jit import ChunkBPE, jit_available, use_compiled
 from microgpt.tokenizer.patterns import PATTERN_KINDS, pattern_name
 
 CHUNK_CACHE_LIMIT = 1 << 18  # entries before a cache is cleared (bounded memory on endless streams)
@@ -64,7 +64,7 @@ class ChunkEncoder:
 
     def encode(self, text: str) -> list[int]:
         """Token ids of ``text``; raises ``UnicodeEncodeError`` on a lone surrogate (the caller fixes the text)."""
-        if self.compiled_kind is not None:
+        if self.compiled_kind is not None and use_compiled(len(text)):
             return self.bpe.encode_text(text.encode("utf-8"), self.compiled_kind)
         if self.segments is None:
             return list(chain.from_iterable(self._chunk_ids(self.findall(text))))
@@ -76,7 +76,7 @@ class ChunkEncoder:
 
     def encode_array(self, text: str) -> npt.NDArray[np.uint32]:
         """:meth:`encode` as a ``uint32`` array; the compiled path never makes a Python int per token."""
-        if self.compiled_kind is not None:
+        if self.compiled_kind is not None and use_compiled(len(text)):
             return self.bpe.encode_text_array(text.encode("utf-8"), self.compiled_kind).astype(np.uint32)
         return np.array(self.encode(text), dtype=np.uint32)
 
