@@ -37,9 +37,10 @@ from torch import nn
 
 from microgpt.common.device import enable_tf32, peak_flops
 from microgpt.common.dist import DistInfo, destroy_distributed, init_distributed
+from microgpt.common.metrics import estimate_mfu
 from microgpt.common.optim import build_optimizers
 from microgpt.model.config import GPTConfig
-from microgpt.model.flops import estimate_mfu, flops_per_token
+from microgpt.model.flops import flops_per_token
 from microgpt.model.gpt import GPT
 
 GPT2_124M = {"n_layer": 12, "n_head": 12, "n_embd": 768, "block_size": 1024, "vocab_size": 50257}

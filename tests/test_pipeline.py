@@ -261,4 +261,5 @@ def test_a_different_pipeline_in_the_run_dir_is_refused(tmp_path: Path) -> None:
 @pytest.mark.parametrize("name", ["demo.yaml", "pipeline-fineweb.yaml"])
 def test_shipped_configs_validate(name: str) -> None:
     config = load_config(PipelineConfig, ROOT / "configs" / name)
-    assert len(config.stage2.ingredients) >= 3
+    assert len(config.stage2.ingredients) >= 2  # a soup needs two
+    assert config.stage2.compute_matched.enabled  # every shipped pipeline sets its soups against the baseline

@@ -7,8 +7,8 @@ import torch
 
 from microgpt.common.config import validate_config
 from microgpt.common.errors import ConfigError
+from microgpt.common.metrics import estimate_mfu
 from microgpt.model.config import GPTConfig
-from microgpt.model.flops import estimate_mfu
 from microgpt.model.gpt import GPT, Block
 
 

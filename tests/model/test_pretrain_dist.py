@@ -54,14 +54,14 @@ def _env(**extra: str) -> dict[str, str]:
 
 @pytest.mark.slow
 def test_slow_rank0_prepare_outlasts_the_collective_timeout(tmp_path: Path, http_server: tuple[str, object]) -> None:
-    # Rank 0 downloads the corpus from a server that answers after 60 s while collectives time out after 30 s:
+    # Rank 0 downloads the corpus from a server that answers after 25 s while collectives time out after 12 s:
     # a barrier behind the prepare would kill rank 1; waiting on the store must not.
     url, state = http_server
     state.files["corpus.txt"] = TEXT.encode()  # type: ignore[attr-defined]
-    source = {"type": "url", "urls": [f"{url}/slow/60/corpus.txt"], "separator": "\n\n", "timeout": 120}
+    source = {"type": "url", "urls": [f"{url}/slow/25/corpus.txt"], "separator": "\n\n", "timeout": 120}
     config = _config(tmp_path, [source], peak_flops=1e12)
     command = [sys.executable, "-m", "microgpt", "train", str(config), "--nproc", "2"]
-    result = subprocess.run(command, env=_env(MICROGPT_DIST_TIMEOUT="30"), capture_output=True, text=True)
+    result = subprocess.run(command, env=_env(MICROGPT_DIST_TIMEOUT="12"), capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
     records = [r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if "train_loss" in r]
     assert [r["step"] for r in records] == list(range(1, 7))

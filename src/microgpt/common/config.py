@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -191,3 +192,43 @@ def dump_config(config: BaseModel, path: str | Path) -> Path:
     """Write ``config`` as YAML to ``path`` atomically and return the path."""
     text = yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
     return atomic_write_text(Path(path), text)
+
+
+def flatten_config(data: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested config data as one level of dotted keys (``{"train": {"lr": 1}}`` → ``{"train.lr": 1}``)."""
+    if isinstance(data, dict):
+        flat: dict[str, Any] = {}
+        for key, value in data.items():
+            flat.update(flatten_config(value, f"{prefix}{key}."))
+        return flat
+    return {prefix.rstrip("."): data}
+
+
+def differing_settings(
+    saved_path: Path,
+    now: Mapping[str, Any],
+    *,
+    sections: Collection[str] | None = None,
+    ignore: Collection[str] = (),
+) -> list[str] | None:
+    """The dotted settings in which the config saved at ``saved_path`` differs from ``now``.
+
+    How a folder that holds another run's (or another preparation's) output is recognised and refused.
+
+    Args:
+        saved_path: The YAML a run saved beside its output.
+        now: The config about to write into the same folder, as a dict.
+        sections: Compare only these top-level keys (None: all).
+        ignore: Dotted keys that may differ (settings that do not change the output, or that a resume may change).
+
+    Returns:
+        The sorted dotted keys that differ (empty when none), or None when there is no saved config.
+    """
+    if not saved_path.is_file():
+        return None
+    saved, current = flatten_config(load_yaml(saved_path)), flatten_config(dict(now))
+
+    def compared(key: str) -> bool:
+        return key not in ignore and (sections is None or key.split(".", 1)[0] in sections)
+
+    return sorted(k for k in set(saved) | set(current) if compared(k) and saved.get(k) != current.get(k))

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import os
 import secrets
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -117,6 +118,24 @@ def init_distributed(info: DistInfo, device: torch.device) -> None:
         torch_dist.init_process_group(backend="nccl", timeout=timeout, device_id=device)
     else:
         torch_dist.init_process_group(backend="gloo", timeout=timeout)
+
+
+@contextmanager
+def process_group(info: DistInfo, device: torch.device) -> Iterator[None]:
+    """Join the process group for the block (:func:`init_distributed`) and leave it after, if this block joined it.
+
+    A caller inside another's process group (the pipeline's steps, a trainer under ``run_pretraining``) leaves it
+    to the outermost one.
+    """
+    import torch.distributed as torch_dist
+
+    joined = info.is_distributed and not torch_dist.is_initialized()
+    init_distributed(info, device)
+    try:
+        yield
+    finally:
+        if joined:
+            destroy_distributed()
 
 
 def destroy_distributed() -> None:

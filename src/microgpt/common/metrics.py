@@ -148,13 +148,29 @@ def _open_backend(backend: Backend, out_dir: Path, run_name: str) -> Any:
         return None
 
 
+def estimate_mfu(flops_per_tok: float, tokens_per_sec: float, peak_flops: float) -> float:
+    """Model FLOPs utilisation: the fraction of ``peak_flops`` that ``tokens_per_sec`` tokens per second achieve.
+
+    Args:
+        flops_per_tok: From :func:`microgpt.model.flops.flops_per_token`.
+        tokens_per_sec: Measured training throughput (all ranks together, if peak is summed over ranks).
+        peak_flops: The hardware's peak FLOPs per second for the dtype used.
+
+    >>> round(estimate_mfu(1e9, 1e4, 1e14), 3)
+    0.1
+    """
+    if peak_flops <= 0:
+        raise ValueError("peak_flops must be positive")
+    return flops_per_tok * tokens_per_sec / peak_flops
+
+
 class Throughput:
     """Training tokens per second between two log lines, leaving out the time that is not training.
 
     Time inside :meth:`paused` (evaluation, samples, checkpoints) does not count, and the clock starts after the
     run's first optimizer step (:meth:`restart`), which on CUDA includes ``torch.compile`` — so every rate is one
     of steady training. Rates are reported for the whole job and per device; MFU is the per-device rate's model
-    FLOPs over one device's peak (:func:`microgpt.model.flops.estimate_mfu`), when both are known.
+    FLOPs over one device's peak (:func:`estimate_mfu`), when both are known.
 
     Args:
         world_size: Processes (devices) sharing the tokens.
@@ -202,8 +218,6 @@ class Throughput:
         Returns:
             ``tokens_per_sec`` (all devices), ``tokens_per_sec_per_device`` and, when computable, ``mfu``.
         """
-        from microgpt.model.flops import estimate_mfu
-
         elapsed = max(self._clock() - self.start - self.excluded, 1e-9)
         tokens = self.tokens
         self.restart()

@@ -129,6 +129,22 @@ def shard_model(model: nn.Module, blocks: list[nn.Module], device: torch.device,
     fully_shard(model, mp_policy=policy)
 
 
+InitKind = Literal["normal", "zeros", "ones"]
+
+
+def init_tensor(tensor: torch.Tensor, kind: InitKind, std: float) -> None:
+    """Fill ``tensor`` in place: normal(0, ``std``) (drawn from torch's global RNG), zeros or ones.
+
+    A model's ``init_plan()`` names one of these per tensor; the model and :func:`materialize` both fill with it.
+    """
+    if kind == "normal":
+        nn.init.normal_(tensor, mean=0.0, std=std)
+    elif kind == "zeros":
+        nn.init.zeros_(tensor)
+    else:
+        nn.init.ones_(tensor)
+
+
 def materialize(model: nn.Module, device: torch.device, seed: int) -> None:
     """Give a meta-device (sharded) model real storage on ``device`` and initialise it as the unsharded model is.
 
@@ -139,8 +155,6 @@ def materialize(model: nn.Module, device: torch.device, seed: int) -> None:
     Raises:
         TypeError: When the model has no init plan.
     """
-    from microgpt.model.gpt import init_tensor
-
     plan = getattr(model, "init_plan", None)
     init_buffers = getattr(model, "init_buffers", None)
     if not callable(plan) or not callable(init_buffers):

@@ -8,6 +8,10 @@ The loop, in the order every step runs it (``last_step`` lets the final eval and
         micro-steps: forward, backward (DDP syncs gradients on the last micro-step only)
         clip → set lr → optimizer step → zero_grad → log
 
+In the code: :meth:`Trainer.fit` → ``_fit`` (``train()``): ``_setup`` builds or restores the model, optimizers,
+loader and the loop state (``_LoopState``, restored from a checkpoint); then per step ``_periodic`` (the hooks),
+``_train_step`` (one optimizer step) and ``_after_step`` (count tokens, log; MFU through ``estimate_mfu``).
+
 Subclasses implement :meth:`Trainer.build_model`, :meth:`Trainer.build_train_loader`, :meth:`Trainer.eval_batches`
 and the config hooks; they never copy the loop (torchtitan's ``train()``/``train_step()`` split is the model).
 """
@@ -37,9 +41,10 @@ from microgpt.common.checkpoint import (
     latest_checkpoint,
     read_meta,
     restore_rng_state,
+    step_dir_name,
 )
 from microgpt.common.device import autocast_dtype, peak_flops, pick_device, seed_everything
-from microgpt.common.dist import DistInfo, barrier, broadcast_object, destroy_distributed, init_distributed
+from microgpt.common.dist import DistInfo, barrier, broadcast_object, process_group
 from microgpt.common.errors import MicrogptError
 from microgpt.common.log import get_logger
 from microgpt.common.loss_eval import evaluate
@@ -110,6 +115,37 @@ class TrainResult:
             f"step {self.step}: val loss {loss} nats/token, {bpb} bits/byte, "
             f"{self.tokens:,} tokens in {self.seconds:.1f}s; checkpoint {self.checkpoint}"
         )
+
+
+@dataclass
+class _LoopState:
+    """What changes from step to step (and what a checkpoint restores)."""
+
+    step: int = 0
+    tokens: int = 0
+    best_val: float = math.inf
+    last_val: tuple[float, float | None] | None = None  # (val loss, bits per byte) of the latest evaluation
+    last_ckpt: Path | None = None
+    pending: dict[str, Any] | None = None  # a logged train record, written with the next step's eval
+    loss_value: float = math.nan
+
+
+@dataclass
+class _Run:
+    """What the loop works with, built once by :meth:`Trainer._setup`."""
+
+    model: nn.Module  # wrapped (DDP/FSDP, compiled) for the forward/backward
+    raw_model: nn.Module  # for checkpoints and samples
+    optimizers: list[torch.optim.Optimizer]
+    loader: BatchSource
+    dtype: torch.dtype
+    scaler: torch.amp.GradScaler | None
+    writer: CheckpointWriter
+    metrics: MetricsLog | None
+    throughput: Throughput
+    bar: tqdm  # type: ignore[type-arg]
+    resume: Path | None
+    start_step: int
 
 
 class NonFiniteLossError(MicrogptError):
@@ -211,21 +247,49 @@ class Trainer(ABC):
         started = time.perf_counter()
         if cfg.threads is not None:
             torch.set_num_threads(cfg.threads)
-        joined = self.dist.is_distributed and not torch_dist.is_initialized()
-        init_distributed(self.dist, self.device)
         was_deterministic = torch.are_deterministic_algorithms_enabled()
         if cfg.deterministic:  # GPU kernels with atomics (e.g. index_add in backward) otherwise vary run to run
             if self.device.type == "cuda":  # cuBLAS needs a fixed workspace to be deterministic
                 os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
             torch.use_deterministic_algorithms(True)
         try:
-            return self._fit(started)
+            with process_group(self.dist, self.device):
+                return self._fit(started)
         finally:
             torch.use_deterministic_algorithms(was_deterministic)
-            if joined:
-                destroy_distributed()
 
     def _fit(self, started: float) -> TrainResult:
+        """``train()``: set up (or resume), then per step the periodic work and one :meth:`_train_step`."""
+        run, state = self._setup()
+        try:
+            while True:
+                last_step = state.step == self.config.max_steps
+                self._periodic(run, state, last_step)  # evaluate → metrics → sample → checkpoint, when due
+                if last_step:
+                    break
+                loss_sum, step_tokens = self._train_step(
+                    run.model, run.raw_model, run.optimizers, run.loader, state.step, run.dtype, run.scaler
+                )
+                self._after_step(run, state, loss_sum, step_tokens)
+        finally:
+            close = getattr(run.loader, "close", None)
+            if callable(close):
+                close()  # stop a prefetch thread
+            run.bar.close()
+            if run.metrics is not None:
+                run.metrics.close()
+        return TrainResult(
+            step=state.step,
+            tokens=state.tokens,
+            val_loss=state.last_val[0] if state.last_val is not None else None,
+            val_bpb=state.last_val[1] if state.last_val is not None else None,
+            best_val_loss=state.best_val if math.isfinite(state.best_val) else None,
+            checkpoint=state.last_ckpt,
+            seconds=time.perf_counter() - started,
+        )
+
+    def _setup(self) -> tuple[_Run, _LoopState]:
+        """Build (or restore) the model, optimizers, loader and loop state; open the metrics and the progress bar."""
         cfg, dist, device = self.config, self.dist, self.device
         ckpt_root = self.out_dir / "checkpoints"
         # Rank 0 decides whether and where to resume, so all ranks agree even if their views of out_dir differ.
@@ -245,18 +309,15 @@ class Trainer(ABC):
             muon_weight_decay=cfg.muon_weight_decay,
         )
         loader = self.build_train_loader(self.micro_batch)
-        step, tokens, best_val = 0, 0, math.inf
-        last_val: tuple[float, float | None] | None = None
+        state = _LoopState(last_ckpt=resume)
         if resume is not None:
-            step, tokens, best_val, last_val = self._restore(resume, optimizers, loader)
-            refuse_past_max_steps(resume, step, cfg.max_steps)
+            state.step, state.tokens, state.best_val, state.last_val = self._restore(resume, optimizers, loader)
+            refuse_past_max_steps(resume, state.step, cfg.max_steps)
         model = self._wrap(raw_model)
         dtype = autocast_dtype(device, cfg.precision)
-        scaler = torch.amp.GradScaler(device.type) if dtype is torch.float16 else None
-        writer = CheckpointWriter(ckpt_root, keep_last=cfg.keep_last, keep_best=cfg.keep_best)
         metrics = MetricsLog(self.out_dir, cfg.metrics_backends) if dist.is_main else None
         if metrics is not None and resume is not None:
-            metrics.truncate_after(step)
+            metrics.truncate_after(state.step)
         if resume is not None:
             # Each rank continues its own RNG stream; a rank the saved run did not have takes rank 0's (only dropout
             # draws from it, and dropout masks cannot match across world sizes anyway).
@@ -274,95 +335,93 @@ class Trainer(ABC):
             self.micro_batch,
             dist.world_size,
         )
-        bar = tqdm(
-            total=cfg.max_steps, initial=step, disable=not (dist.is_main and cfg.progress), unit="step", leave=True
+        run = _Run(
+            model=model,
+            raw_model=raw_model,
+            optimizers=optimizers,
+            loader=loader,
+            dtype=dtype,
+            scaler=torch.amp.GradScaler(device.type) if dtype is torch.float16 else None,
+            writer=CheckpointWriter(ckpt_root, keep_last=cfg.keep_last, keep_best=cfg.keep_best),
+            metrics=metrics,
+            throughput=Throughput(
+                dist.world_size, self.flops_per_token(raw_model), cfg.peak_flops or peak_flops(device, dtype)
+            ),
+            bar=tqdm(
+                total=cfg.max_steps,
+                initial=state.step,
+                disable=not (dist.is_main and cfg.progress),
+                unit="step",
+                leave=True,
+            ),
+            resume=resume,
+            start_step=state.step,
         )
-        start_step, last_ckpt = step, resume
-        pending: dict[str, Any] | None = None
-        throughput = Throughput(
-            dist.world_size, self.flops_per_token(raw_model), cfg.peak_flops or peak_flops(device, dtype)
-        )
-        loss_value = math.nan
-        try:
-            while True:
-                last_step = step == cfg.max_steps
-                resumed_here = resume is not None and step == start_step  # periodic work was done before the save
-                record = pending or {}
-                pending = None
-                evaluated = False
-                with throughput.paused():  # evaluation, samples and checkpoints stay out of tokens/s
-                    if not resumed_here and (last_step or _due(step, cfg.eval_interval)):
-                        full = last_step and cfg.final_eval_full
-                        val_loss = self._evaluate(model, None if full or cfg.eval_batches == 0 else cfg.eval_batches)
-                        val_bpb = self.bits_per_byte(val_loss)
-                        last_val, evaluated = (val_loss, val_bpb), True
-                        best_val = min(best_val, val_loss)
-                        record.update({"step": step, "tokens": tokens, "val_loss": val_loss, "val_bpb": val_bpb})
-                        bpb_text = f", {val_bpb:.4f} bits/byte" if val_bpb is not None else ""
-                        log.info("step %d: val loss %.4f%s", step, val_loss, bpb_text)
-                    if metrics is not None and record:
-                        metrics.write(record)
-                        if evaluated and cfg.plot:
-                            metrics.plot()
-                    if not resumed_here and cfg.sample_tokens and (last_step or _due(step, cfg.sample_interval)):
-                        self._log_sample(raw_model)
-                    if not resumed_here and step > 0 and (last_step or _due(step, cfg.checkpoint_interval)):
-                        val = last_val if evaluated else None
-                        last_ckpt = self._save(writer, step, tokens, raw_model, optimizers, loader, best_val, val)
-                if last_step:
-                    break
+        return run, state
 
-                # ---- one optimizer step: micro-steps with accumulation, clip, lr, step, zero_grad ----
-                loss_sum, step_tokens = self._train_step(model, raw_model, optimizers, loader, step, dtype, scaler)
-                tokens += step_tokens
-                throughput.add(step_tokens)
-                if step == start_step:  # the first step compiles (on CUDA): start the clock after it
-                    if device.type == "cuda":
-                        torch.cuda.synchronize(device)
-                    throughput.restart()
-                step += 1
-                bar.update(1)
-
-                # ---- log: sync the loss only when it is logged or a save/eval follows (a GPU sync costs) ----
-                log_due = step % cfg.log_interval == 0
-                next_saves = (
-                    step == cfg.max_steps or _due(step, cfg.checkpoint_interval) or _due(step, cfg.eval_interval)
+    def _periodic(self, run: _Run, state: _LoopState, last_step: bool) -> None:
+        """The work due at this step, all of it on the last: evaluate, write metrics, sample, checkpoint."""
+        cfg, step = self.config, state.step
+        resumed_here = run.resume is not None and step == run.start_step  # periodic work was done before the save
+        record, state.pending = state.pending or {}, None
+        evaluated = False
+        with run.throughput.paused():  # evaluation, samples and checkpoints stay out of tokens/s
+            if not resumed_here and (last_step or _due(step, cfg.eval_interval)):
+                full = last_step and cfg.final_eval_full
+                val_loss = self._evaluate(run.model, None if full or cfg.eval_batches == 0 else cfg.eval_batches)
+                val_bpb = self.bits_per_byte(val_loss)
+                state.last_val, evaluated = (val_loss, val_bpb), True
+                state.best_val = min(state.best_val, val_loss)
+                record.update({"step": step, "tokens": state.tokens, "val_loss": val_loss, "val_bpb": val_bpb})
+                bpb_text = f", {val_bpb:.4f} bits/byte" if val_bpb is not None else ""
+                log.info("step %d: val loss %.4f%s", step, val_loss, bpb_text)
+            if run.metrics is not None and record:
+                run.metrics.write(record)
+                if evaluated and cfg.plot:
+                    run.metrics.plot()
+            if not resumed_here and cfg.sample_tokens and (last_step or _due(step, cfg.sample_interval)):
+                self._log_sample(run.raw_model)
+            if not resumed_here and step > 0 and (last_step or _due(step, cfg.checkpoint_interval)):
+                val = state.last_val if evaluated else None
+                state.last_ckpt = self._save(
+                    run.writer, step, state.tokens, run.raw_model, run.optimizers, run.loader, state.best_val, val
                 )
-                if log_due or next_saves:
-                    loss_value = self._mean_across_ranks(loss_sum / self.grad_accum)
-                    if not math.isfinite(loss_value):
-                        kept = f"the last good checkpoint is {last_ckpt}" if last_ckpt else "no checkpoint was saved"
-                        raise NonFiniteLossError(
-                            f"training loss is {loss_value} at step {step}; stopped ({kept}). "
-                            "Lower train.lr or raise train.warmup_steps."
-                        )
-                if log_due:
-                    rates = throughput.record()  # empty for an interval of only the first step
-                    pending = {
-                        "step": step,
-                        "tokens": tokens,
-                        "train_loss": loss_value,
-                        "lr": optimizers[0].param_groups[0]["lr"],
-                        **rates,
-                    }
-                    rate = rates.get("tokens_per_sec_per_device")
-                    bar.set_postfix(loss=f"{loss_value:.4f}", tok_s=f"{rate or 0:,.0f}", refresh=False)
-        finally:
-            close = getattr(loader, "close", None)
-            if callable(close):
-                close()  # stop a prefetch thread
-            bar.close()
-            if metrics is not None:
-                metrics.close()
-        return TrainResult(
-            step=step,
-            tokens=tokens,
-            val_loss=last_val[0] if last_val is not None else None,
-            val_bpb=last_val[1] if last_val is not None else None,
-            best_val_loss=best_val if math.isfinite(best_val) else None,
-            checkpoint=last_ckpt,
-            seconds=time.perf_counter() - started,
-        )
+
+    def _after_step(self, run: _Run, state: _LoopState, loss_sum: torch.Tensor, step_tokens: int) -> None:
+        """Count the step; sync the loss only when it is logged or a save/eval follows (a GPU sync costs)."""
+        cfg = self.config
+        state.tokens += step_tokens
+        run.throughput.add(step_tokens)
+        if state.step == run.start_step:  # the first step compiles (on CUDA): start the clock after it
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            run.throughput.restart()
+        state.step += 1
+        step = state.step
+        run.bar.update(1)
+        log_due = step % cfg.log_interval == 0
+        next_saves = step == cfg.max_steps or _due(step, cfg.checkpoint_interval) or _due(step, cfg.eval_interval)
+        if log_due or next_saves:
+            state.loss_value = self._mean_across_ranks(loss_sum / self.grad_accum)
+            if not math.isfinite(state.loss_value):
+                kept = (
+                    f"the last good checkpoint is {state.last_ckpt}" if state.last_ckpt else "no checkpoint was saved"
+                )
+                raise NonFiniteLossError(
+                    f"training loss is {state.loss_value} at step {step}; stopped ({kept}). "
+                    "Lower train.lr or raise train.warmup_steps."
+                )
+        if log_due:
+            rates = run.throughput.record()  # empty for an interval of only the first step
+            state.pending = {
+                "step": step,
+                "tokens": state.tokens,
+                "train_loss": state.loss_value,
+                "lr": run.optimizers[0].param_groups[0]["lr"],
+                **rates,
+            }
+            rate = rates.get("tokens_per_sec_per_device")
+            run.bar.set_postfix(loss=f"{state.loss_value:.4f}", tok_s=f"{rate or 0:,.0f}", refresh=False)
 
     # ---- pieces of the loop -----------------------------------------------------------------------------------
 
@@ -584,7 +643,7 @@ class Trainer(ABC):
             gathered: list[Any] = [None] * self.dist.world_size
             torch_dist.all_gather_object(gathered, rng)
             rng_states = list(gathered)
-        path = writer.root / f"step-{step:07d}"
+        path = writer.root / step_dir_name(step)
         if self.dist.is_main or self.mode == "fsdp":  # FSDP: every rank writes its own shards
             trainer_state = {
                 "step": step,

@@ -12,7 +12,7 @@ from pydantic import Field
 
 from microgpt.common.atomic import atomic_directory, make_out_dir
 from microgpt.common.checkpoint import TOKENIZER_DIR
-from microgpt.common.config import ConfigBase, dump_config, load_yaml
+from microgpt.common.config import ConfigBase, differing_settings, dump_config
 from microgpt.common.errors import MicrogptError
 from microgpt.common.log import get_logger
 from microgpt.data.config import DataConfig
@@ -36,18 +36,13 @@ class PrepareConfig(ConfigBase):
 def _check_same_config(config: PrepareConfig, out: Path) -> None:
     """Refuse to mix outputs of two different configs in one folder."""
     saved_path = out / CONFIG_FILE
-    if not saved_path.exists():
-        return
-    saved = load_yaml(saved_path)
-    now = config.to_dict()
-    for section in ("tokenizer", "data"):
-        if isinstance(saved.get(section), dict) and section == "data":
-            saved[section].pop("workers", None)  # does not change the output
-            now[section].pop("workers", None)
-        if saved.get(section) != now[section]:
-            raise MicrogptError(
-                f"{out} was prepared with a different {section} config (see {saved_path}): use a new out_dir"
-            )
+    # data.workers does not change the output
+    differ = differing_settings(saved_path, config.to_dict(), sections=("tokenizer", "data"), ignore={"data.workers"})
+    if differ:
+        section = differ[0].split(".", 1)[0]
+        raise MicrogptError(
+            f"{out} was prepared with a different {section} config (see {saved_path}): use a new out_dir"
+        )
 
 
 def prepare_dataset(config: PrepareConfig, *, progress: bool = False) -> Manifest:

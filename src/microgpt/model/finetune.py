@@ -34,7 +34,7 @@ from microgpt.common.checkpoint import (
     read_meta,
     resolve_checkpoint,
 )
-from microgpt.common.config import ConfigBase
+from microgpt.common.config import ConfigBase, flatten_config
 from microgpt.common.errors import MicrogptError
 from microgpt.common.log import get_logger
 from microgpt.common.loss_eval import bits_per_byte
@@ -48,7 +48,7 @@ from microgpt.model.checkpoint_reader import (
     tokenizer_fingerprint,
 )
 from microgpt.model.gpt import GPT
-from microgpt.model.pretrain import RESUME_SAFE, flatten_config
+from microgpt.model.pretrain import RESUME_SAFE, train_loader, val_loader
 
 log = get_logger(__name__)
 
@@ -149,37 +149,13 @@ class FinetuneTrainer(Trainer):
 
     def build_train_loader(self, micro_batch_size: int) -> BatchSource:
         """Batches of the stage-2 train split, in the order ``data_seed`` picks."""
-        from microgpt.data.loader import TokenLoader
-
-        return TokenLoader(
-            self.finetune.data_dir,
-            "train",
-            micro_batch_size,
-            self.model_config.block_size,
-            rank=self.dist.rank,
-            world_size=self.dist.world_size,
-            shuffle=True,
-            seed=self.finetune.data_seed,
-            global_batch=self.config.batch_size,  # one data order at any world size
-            device=self.device,
+        return train_loader(
+            self, self.finetune.data_dir, self.model_config.block_size, micro_batch_size, self.finetune.data_seed
         )
 
     def eval_batches(self, max_batches: int | None) -> Iterable[Batch]:
         """The stage-2 validation split, in order."""
-        from microgpt.data.loader import TokenLoader
-
-        loader = TokenLoader(
-            self.eval_dir,
-            "val",
-            self.micro_batch,
-            self.model_config.block_size,
-            rank=self.dist.rank,
-            world_size=self.dist.world_size,
-            shuffle=False,
-            device=self.device,
-            prefetch=0,
-        )
-        return loader.eval_batches(max_batches)
+        return val_loader(self, self.eval_dir, self.model_config.block_size).eval_batches(max_batches, pad=True)
 
     def model_config_dict(self) -> dict[str, Any]:
         """The parent's model config, unchanged (soups need identical architectures)."""

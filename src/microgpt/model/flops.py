@@ -28,19 +28,3 @@ def flops_per_token(config: GPTConfig, n_params: int, seq_len: int | None = None
     """
     t = config.block_size if seq_len is None else seq_len
     return 6.0 * n_params + 12.0 * config.n_layer * config.n_head * config.head_dim * t
-
-
-def estimate_mfu(flops_per_tok: float, tokens_per_sec: float, peak_flops: float) -> float:
-    """Model FLOPs utilisation: the fraction of ``peak_flops`` that ``tokens_per_sec`` tokens per second achieve.
-
-    Args:
-        flops_per_tok: From :func:`flops_per_token`.
-        tokens_per_sec: Measured training throughput (all ranks together, if peak is summed over ranks).
-        peak_flops: The hardware's peak FLOPs per second for the dtype used.
-
-    >>> round(estimate_mfu(1e9, 1e4, 1e14), 3)
-    0.1
-    """
-    if peak_flops <= 0:
-        raise ValueError("peak_flops must be positive")
-    return flops_per_tok * tokens_per_sec / peak_flops

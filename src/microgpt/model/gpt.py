@@ -15,12 +15,12 @@ lives in :mod:`microgpt.model.hf`, never here.
 from __future__ import annotations
 
 import math
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from microgpt.common.parallel import InitKind, init_tensor
 from microgpt.model.attention import CausalSelfAttention
 from microgpt.model.config import GPTConfig
 from microgpt.model.flops import flops_per_token
@@ -28,18 +28,6 @@ from microgpt.model.kv_cache import KVCache
 from microgpt.model.mlp import MLP
 from microgpt.model.norm import Norm
 from microgpt.model.rope import rope_tables
-
-InitKind = Literal["normal", "zeros", "ones"]
-
-
-def init_tensor(tensor: torch.Tensor, kind: InitKind, std: float) -> None:
-    """Fill ``tensor`` in place: normal(0, ``std``) (drawn from torch's global RNG), zeros or ones."""
-    if kind == "normal":
-        nn.init.normal_(tensor, mean=0.0, std=std)
-    elif kind == "zeros":
-        nn.init.zeros_(tensor)
-    else:
-        nn.init.ones_(tensor)
 
 
 class Block(nn.Module):

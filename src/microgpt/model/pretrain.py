@@ -88,14 +88,35 @@ class RunConfig(ConfigBase):
         return data
 
 
-def flatten_config(data: Any, prefix: str = "") -> dict[str, Any]:
-    """Nested config data as one level of dotted keys (``{"train": {"lr": 1}}`` → ``{"train.lr": 1}``)."""
-    if isinstance(data, dict):
-        flat: dict[str, Any] = {}
-        for key, value in data.items():
-            flat.update(flatten_config(value, f"{prefix}{key}."))
-        return flat
-    return {prefix.rstrip("."): data}
+def train_loader(trainer: Trainer, data_dir: Path, block_size: int, micro_batch: int, seed: int) -> TokenLoader:
+    """A trainer's train split: this rank's windows, shuffled in one global order at any world size (``seed``)."""
+    return TokenLoader(
+        data_dir,
+        "train",
+        micro_batch,
+        block_size,
+        rank=trainer.dist.rank,
+        world_size=trainer.dist.world_size,
+        shuffle=True,
+        seed=seed,
+        global_batch=trainer.config.batch_size,  # one data order at any world size
+        device=trainer.device,
+    )
+
+
+def val_loader(trainer: Trainer, data_dir: Path, block_size: int) -> TokenLoader:
+    """A trainer's validation split: this rank's share, in order (``eval_batches(pad=True)`` for one shape)."""
+    return TokenLoader(
+        data_dir,
+        "val",
+        trainer.micro_batch,
+        block_size,
+        rank=trainer.dist.rank,
+        world_size=trainer.dist.world_size,
+        shuffle=False,
+        device=trainer.device,
+        prefetch=0,
+    )
 
 
 class PretrainTrainer(Trainer):
@@ -118,32 +139,14 @@ class PretrainTrainer(Trainer):
 
     def build_train_loader(self, micro_batch_size: int) -> TokenLoader:
         """Shuffled train windows for this rank, seeded by the run seed."""
-        return TokenLoader(
-            self.data_dir,
-            "train",
-            micro_batch_size,
-            self.run_config.model.block_size,
-            rank=self.dist.rank,
-            world_size=self.dist.world_size,
-            seed=self.run_config.seed,
-            global_batch=self.config.batch_size,  # one data order at any world size
-            device=self.device,
+        return train_loader(
+            self, self.data_dir, self.run_config.model.block_size, micro_batch_size, self.run_config.seed
         )
 
     def eval_batches(self, max_batches: int | None) -> Iterable[Batch]:
         """The validation split in order; this rank's share."""
         if self._val is None:
-            self._val = TokenLoader(
-                self.data_dir,
-                "val",
-                self.micro_batch,
-                self.run_config.model.block_size,
-                rank=self.dist.rank,
-                world_size=self.dist.world_size,
-                shuffle=False,
-                device=self.device,
-                prefetch=0,
-            )
+            self._val = val_loader(self, self.data_dir, self.run_config.model.block_size)
         return self._val.eval_batches(max_batches, pad=True)  # one shape: no recompile for the last batch
 
     def bits_per_byte(self, loss: float) -> float | None:

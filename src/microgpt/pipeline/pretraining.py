@@ -9,17 +9,15 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-import torch
-
 from microgpt.common.atomic import make_out_dir
 from microgpt.common.checkpoint import TOKENIZER_DIR, latest_checkpoint
-from microgpt.common.config import dump_config, load_yaml
+from microgpt.common.config import differing_settings, dump_config
 from microgpt.common.device import pick_device
-from microgpt.common.dist import DistInfo, check_shared_dir, destroy_distributed, init_distributed, run_on_main
+from microgpt.common.dist import DistInfo, check_shared_dir, process_group, run_on_main
 from microgpt.common.errors import ConfigError, MicrogptError
 from microgpt.common.log import get_logger
 from microgpt.common.trainer import TrainResult, checkpoint_step, refuse_past_max_steps
-from microgpt.model.pretrain import DATA_DIR, RESUME_SAFE, RUN_CONFIG, PretrainTrainer, RunConfig, flatten_config
+from microgpt.model.pretrain import DATA_DIR, RESUME_SAFE, RUN_CONFIG, PretrainTrainer, RunConfig
 from microgpt.tokenizer import Tokenizer
 
 log = get_logger(__name__)
@@ -32,11 +30,7 @@ def check_out_dir(config: RunConfig, *, overwrite: bool) -> None:
         MicrogptError: Naming the settings that differ.
     """
     out = Path(config.out_dir)
-    saved_path = out / RUN_CONFIG
-    if not saved_path.is_file():
-        return
-    saved, now = flatten_config(load_yaml(saved_path)), flatten_config(config.to_dict())
-    differ = sorted(k for k in set(saved) | set(now) if k not in RESUME_SAFE and saved.get(k) != now.get(k))
+    differ = differing_settings(out / RUN_CONFIG, config.to_dict(), ignore=RESUME_SAFE)
     if not differ:
         return
     if not overwrite:
@@ -99,18 +93,13 @@ def run_pretraining(config: RunConfig, *, overwrite: bool = False) -> TrainResul
     """
     dist = DistInfo.from_env()
     device = pick_device(config.train.device, dist.local_rank)
-    joined = dist.is_distributed and not torch.distributed.is_initialized()
-    init_distributed(dist, device)
-    try:
+    with process_group(dist, device):
         # Rank 0 alone checks out_dir and prepares the data (hours, for a big corpus); the others wait on the
         # process group's store, which has no collective timeout, and learn of a failure in one line.
         prepared = run_on_main("preparing the data", lambda: _prepare_on_main(config, overwrite=overwrite))
         check_shared_dir(Path(config.out_dir))  # every node must see what rank 0 wrote
         tokenizer, data_dir = prepared if prepared is not None else _load_prepared(config)
         return PretrainTrainer(config, tokenizer, data_dir, dist=dist).fit()
-    finally:
-        if joined:
-            destroy_distributed()
 
 
 def _prepare_on_main(config: RunConfig, *, overwrite: bool) -> tuple[Tokenizer, Path]:

@@ -31,14 +31,13 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-import torch
 import yaml
 
 from microgpt.common.atomic import atomic_write_text
 from microgpt.common.checkpoint import resolve_checkpoint
-from microgpt.common.config import dump_config, load_yaml
+from microgpt.common.config import differing_settings, dump_config
 from microgpt.common.device import pick_device
-from microgpt.common.dist import DistInfo, barrier, destroy_distributed, init_distributed, run_on_main
+from microgpt.common.dist import DistInfo, barrier, process_group, run_on_main
 from microgpt.common.errors import MicrogptError
 from microgpt.common.log import get_logger
 from microgpt.common.sources import FileSource, expand_paths, source_label
@@ -140,17 +139,17 @@ def check_run_dir(config: PipelineConfig, run_dir: Path, steps: StepLog) -> None
     Raises:
         MicrogptError: When a training section (tokenizer, stage1, stage2, seed) differs from the saved one.
     """
-    saved_path = run_dir / CONFIG_FILE
-    if not saved_path.is_file():
+    saved_path, now = run_dir / CONFIG_FILE, config.to_dict()
+    differ = differing_settings(saved_path, now, sections=TRAINING_SECTIONS)
+    if differ is None:
         return
-    saved, now = load_yaml(saved_path), config.to_dict()
-    changed = [key for key in TRAINING_SECTIONS if saved.get(key) != now.get(key)]
-    if changed:
+    if differ:
+        changed = [key for key in TRAINING_SECTIONS if any(k.split(".", 1)[0] == key for k in differ)]
         raise MicrogptError(
             f"{run_dir} holds a pipeline with different {', '.join(changed)} settings (see {saved_path}); "
             "use another out_dir, or delete that folder to start over"
         )
-    if any(saved.get(key) != now.get(key) for key in ("soup", "eval")):
+    if differing_settings(saved_path, now, sections=("soup", "eval")):
         log.info("pipeline: soup or eval settings changed; redoing soups and evaluation")
         steps.forget(DERIVED_STEPS_PREFIXES)
 
@@ -180,13 +179,8 @@ def run_pipeline(config: PipelineConfig) -> dict[str, Any]:
     run_dir = Path(config.out_dir)
     dist = DistInfo.from_env()
     device = pick_device(config.stage2.train.device, dist.local_rank)
-    joined = dist.is_distributed and not torch.distributed.is_initialized()
-    init_distributed(dist, device)
-    try:
+    with process_group(dist, device):
         return _run(config, run_dir, dist)
-    finally:
-        if joined:
-            destroy_distributed()
 
 
 def _run(config: PipelineConfig, run_dir: Path, dist: DistInfo) -> dict[str, Any]:
