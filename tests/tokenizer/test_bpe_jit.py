@@ -61,6 +61,7 @@ def test_small_jobs_take_the_plain_loop_until_the_kernels_are_worth_compiling(
     # A fresh install: nothing compiled, nothing in numba's cache. The first bytes go through the plain loop
     # (same ids, no ~40 s compile); past COMPILE_AFTER_BYTES the kernels are used from then on.
     monkeypatch.setattr(bpe_jit, "_ready", False)
+    monkeypatch.setattr(bpe_jit, "_disk_checked", False)
     monkeypatch.setattr(bpe_jit, "_plain_bytes", 0)
     monkeypatch.setattr(bpe_jit, "_cached_on_disk", lambda kernels: False)
     monkeypatch.setattr(bpe_jit, "COMPILE_AFTER_BYTES", 100)
@@ -69,6 +70,7 @@ def test_small_jobs_take_the_plain_loop_until_the_kernels_are_worth_compiling(
     assert bpe_jit.use_compiled(10)  # 120 >= 100: compile now
     assert bpe_jit.use_compiled(10**9)
     monkeypatch.setattr(bpe_jit, "_ready", False)
+    monkeypatch.setattr(bpe_jit, "_disk_checked", False)  # a new process
     monkeypatch.setattr(bpe_jit, "_cached_on_disk", lambda kernels: True)  # compiled by an earlier process
     assert bpe_jit.use_compiled(1)
 
@@ -80,6 +82,8 @@ def test_plain_loop_for_a_small_job_gives_the_compiled_ids(monkeypatch: pytest.M
     text = "the cat sat on 12345 mats!\n\n  indeed, unbelievably"
     compiled = tok.encode(text)
     monkeypatch.setattr(bpe_jit, "_ready", False)
+    monkeypatch.setattr(bpe_jit, "_disk_checked", False)
+    monkeypatch.setattr(bpe_jit, "_plain_bytes", 0)
     monkeypatch.setattr(bpe_jit, "_cached_on_disk", lambda kernels: False)
     fresh = Tokenizer(tok.ranks, tok.pattern, tok.special_tokens)
     assert fresh.encode(text) == compiled

@@ -55,6 +55,7 @@ def _kernels() -> tuple[Any, Any, Any] | None:
 COMPILE_AFTER_BYTES = 16 << 20
 _plain_bytes = 0
 _ready = False
+_disk_checked = False  # numba's cache is looked up once per process, not per call
 
 
 def _cached_on_disk(kernels: tuple[Any, ...]) -> bool:
@@ -69,11 +70,16 @@ def _cached_on_disk(kernels: tuple[Any, ...]) -> bool:
 
 def use_compiled(n_bytes: int) -> bool:
     """Whether to encode ``n_bytes`` of text with the compiled kernels (see ``COMPILE_AFTER_BYTES``)."""
-    global _plain_bytes, _ready
+    global _plain_bytes, _ready, _disk_checked
+    if _ready:
+        return True
     kernels = _kernels()
     if kernels is None:
         return False
-    if not _ready and (_plain_bytes >= COMPILE_AFTER_BYTES or _cached_on_disk(kernels)):
+    if not _disk_checked:
+        _disk_checked = True
+        _ready = _cached_on_disk(kernels)
+    if _plain_bytes >= COMPILE_AFTER_BYTES:
         _ready = True
     if not _ready:
         _plain_bytes += n_bytes
