@@ -11,13 +11,13 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from contextlib import contextmanager
-from multiprocessing import get_all_start_methods, get_context
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
 
+from microgpt.common.processes import process_context, start_method
 from microgpt.data.config import Split
 
 if TYPE_CHECKING:
@@ -81,14 +81,14 @@ def worker_pool(workers: int, tokenizer: TokenizerLike, tokenizer_dir: Path) -> 
     Windows) loads the tokenizer from ``tokenizer_dir``.
     """
     global _worker_tokenizer
-    method = "fork" if "fork" in get_all_start_methods() else "spawn"
+    method = start_method()
     if method == "spawn":
         tokenizer.save(tokenizer_dir)
     _worker_tokenizer = tokenizer
     try:
         pool = ProcessPoolExecutor(
             workers,
-            mp_context=get_context(method),
+            mp_context=process_context(),
             initializer=_worker_init,
             initargs=(str(tokenizer_dir), tokenizer.fingerprint),
         )

@@ -8,11 +8,12 @@ back as ``array('l')`` buffers, which pickle far faster than lists of Python int
 from __future__ import annotations
 
 import array
-import multiprocessing
 from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from itertools import chain
 from typing import TYPE_CHECKING, Literal
+
+from microgpt.common.processes import process_context, start_method
 
 if TYPE_CHECKING:
     from microgpt.tokenizer.tokenizer import Tokenizer
@@ -66,18 +67,17 @@ class EncodePool:
         """Start the workers (forked where possible)."""
         global _worker_tokenizer
         self.num_workers = num_workers
-        if "fork" in multiprocessing.get_all_start_methods():
+        if start_method() == "fork":
             # Forked workers inherit the module global; the pool keeps no reference to the tokenizer, so the
             # tokenizer can be garbage-collected (which stops the pool).
             _worker_tokenizer = tokenizer
             tokenizer._encoder.bpe.prepare()  # compiled code and hash table built once, inherited by the workers
             try:
-                self._pool = multiprocessing.get_context("fork").Pool(num_workers)
+                self._pool = process_context().Pool(num_workers)
             finally:
                 _worker_tokenizer = None
         else:
-            context = multiprocessing.get_context("spawn")
-            self._pool = context.Pool(num_workers, initializer=_init_worker, initargs=(tokenizer,))
+            self._pool = process_context().Pool(num_workers, initializer=_init_worker, initargs=(tokenizer,))
 
     def encode(
         self, texts: Sequence[str | bytes], allowed: SpecialOption, disallowed: SpecialOption

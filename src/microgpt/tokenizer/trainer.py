@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import heapq
 import itertools
-import multiprocessing
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
 from multiprocessing.pool import AsyncResult
@@ -43,6 +42,7 @@ from tqdm import tqdm
 from microgpt.common.errors import MicrogptError
 from microgpt.common.kernels import kernels_enabled
 from microgpt.common.log import get_logger
+from microgpt.common.processes import process_context
 from microgpt.tokenizer.patterns import PATTERN_KINDS, class_table, compile_pattern, pattern_name
 
 log = get_logger(__name__)
@@ -143,8 +143,7 @@ def _bounded_map(function: Callable[[T], R], jobs: Iterable[T], workers: int) ->
     if workers <= 1:
         yield from map(function, jobs)
         return
-    context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else None)
-    with context.Pool(workers) as pool:
+    with process_context().Pool(workers) as pool:
         pending: deque[AsyncResult[R]] = deque()
         for job in jobs:
             pending.append(pool.apply_async(function, (job,)))
