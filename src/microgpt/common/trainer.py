@@ -47,7 +47,7 @@ from microgpt.common.device import autocast_dtype, peak_flops, pick_device, seed
 from microgpt.common.dist import DistInfo, barrier, broadcast_object, process_group
 from microgpt.common.errors import MicrogptError
 from microgpt.common.log import get_logger
-from microgpt.common.loss_eval import evaluate
+from microgpt.common.loss_eval import Batch, evaluate, model_loss
 from microgpt.common.metrics import MetricsLog, Throughput
 from microgpt.common.optim import build_optimizers, set_learning_rate
 from microgpt.common.parallel import (
@@ -75,8 +75,6 @@ __all__ = [
     "checkpoint_step",
     "refuse_past_max_steps",
 ]
-
-Batch = tuple[torch.Tensor, torch.Tensor]
 
 
 class BatchSource(Protocol):
@@ -198,10 +196,7 @@ class Trainer(ABC):
 
     def compute_loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
         """Mean loss of one micro-batch (default: the model's own ``(logits, loss)`` with targets)."""
-        x, y = batch
-        _, loss = model(x, y)
-        assert loss is not None
-        return loss  # type: ignore[no-any-return]  # nn.Module.__call__ is untyped
+        return model_loss(model, batch)
 
     def bits_per_byte(self, loss: float) -> float | None:
         """Convert a mean validation loss (nats/token) to bits per byte, when the data knows its bytes."""

@@ -18,26 +18,11 @@ import torch
 
 from microgpt.common.config import load_yaml, validate_config
 from microgpt.common.errors import MicrogptError
-from microgpt.common.loss_eval import evaluate
+from microgpt.common.loss_eval import Evaluation, evaluate
 from microgpt.data.config import Split
 from microgpt.data.manifest import Manifest
 from microgpt.model.api import LoadedModel, load_model
 from microgpt.model.gpt import GPT
-
-
-@dataclass(frozen=True)
-class SplitScore:
-    """A model's score on one split.
-
-    Attributes:
-        loss: Mean cross-entropy per target token (nats).
-        bpb: Bits per byte of the split's text (comparable across tokenizers).
-        tokens: Target tokens scored.
-    """
-
-    loss: float
-    bpb: float
-    tokens: int
 
 
 @torch.no_grad()
@@ -49,7 +34,7 @@ def evaluate_split(
     batch_size: int = 16,
     max_batches: int | None = None,
     device: torch.device | str = "cpu",
-) -> SplitScore:
+) -> Evaluation:
     """Score ``model`` on ``split`` of ``data_dir``: all its non-overlapping windows of ``block_size`` tokens, in order.
 
     Args:
@@ -61,7 +46,7 @@ def evaluate_split(
         device: Where the batches go (the model must already be there).
 
     Returns:
-        The mean loss per target token and bits per byte.
+        The mean loss per target token, bits per byte (None when the split records no bytes) and tokens scored.
 
     Raises:
         MicrogptError: When the split is empty or too short for one window (from :func:`loss_eval.evaluate`).
@@ -71,14 +56,12 @@ def evaluate_split(
     loader = TokenLoader(
         data_dir, split, batch_size, model.config.block_size, shuffle=False, prefetch=0, device=torch.device(device)
     )
-    result = evaluate(
+    return evaluate(
         model,
         loader.eval_batches(max_batches),
         text_size=Manifest.load(data_dir).text_size(split),
         name=f"{data_dir}: the {split} split",
     )
-    bpb = result.bits_per_byte
-    return SplitScore(loss=result.loss, bpb=bpb if bpb is not None else float("nan"), tokens=result.tokens)
 
 
 def score_state_dict(
@@ -90,7 +73,7 @@ def score_state_dict(
     batch_size: int = 16,
     max_batches: int | None = None,
     device: torch.device | str = "cpu",
-) -> SplitScore:
+) -> Evaluation:
     """Load ``state`` into ``model`` (same architecture, already on ``device``) and score it on ``split``."""
     model.load_state_dict(dict(state), strict=True)
     return evaluate_split(model, data_dir, split, batch_size=batch_size, max_batches=max_batches, device=device)
@@ -196,6 +179,5 @@ def evaluate_checkpoint(
         loaded.model, data_dir, split, batch_size=batch_size, max_batches=max_batches, device=loaded.device
     )
     tokens, nbytes = manifest.text_size(split)
-    return EvalResult(
-        loss=score.loss, bits_per_byte=score.bpb, tokens=score.tokens, split_tokens=tokens, split_bytes=nbytes
-    )
+    bpb = score.bits_per_byte if score.bits_per_byte is not None else float("nan")
+    return EvalResult(loss=score.loss, bits_per_byte=bpb, tokens=score.tokens, split_tokens=tokens, split_bytes=nbytes)

@@ -32,6 +32,11 @@ from microgpt.tokenizer import Tokenizer
 log = get_logger(__name__)
 
 
+def _float(value: float | None) -> float:
+    """Bits per byte for the report's table: NaN where the split records no bytes."""
+    return value if value is not None else float("nan")
+
+
 def scoring_device(config: PipelineConfig) -> torch.device:
     """Where rank 0 scores models: the stage-2 training device (a GPU when training used one), not the CPU."""
     return pick_device(config.stage2.train.device, DistInfo.from_env().local_rank)
@@ -51,10 +56,10 @@ def score_models(config: PipelineConfig, checkpoint: Path, data_dir: Path) -> di
     result: dict[str, Any] = {
         "checkpoint": str(checkpoint),
         "test_loss": test.loss,
-        "test_bpb": test.bpb,
+        "test_bpb": _float(test.bits_per_byte),
         "test_tokens": test.tokens,
         "val_loss": val.loss,
-        "val_bpb": val.bpb,
+        "val_bpb": _float(val.bits_per_byte),
         "hellaswag": None,
     }
     path = config.eval.hellaswag
