@@ -5,7 +5,9 @@
 
 Each run is a fresh process tree sampled every 0.1 s with psutil: "peak RSS" is the largest sum of the resident
 memory of the process and all its children at one moment (our counting workers are forked, so pages they share
-with the parent count twice: an upper bound), "main" the largest resident memory of the main process alone.
+with the parent count twice: an upper bound), "main" the largest resident memory of the main process alone, and
+"peak PSS" the largest sum of proportional set sizes (each shared page split between its sharers: the tree's real
+footprint).
 
 - ours: ``microgpt tokenizer train CORPUS -v 32768 --pattern gpt4 --workers 2`` (the file streamed in blocks);
 - HF: ``tokenizers``' BPE model, the same GPT-4 split regex then byte-level, ``BpeTrainer`` (vocab 32,768, the 256
@@ -65,19 +67,20 @@ def measure(command: list[str], env: dict[str, str] | None = None) -> dict[str, 
     start = time.perf_counter()
     proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     main = psutil.Process(proc.pid)
-    peak_tree = peak_main = 0
+    peak_tree = peak_main = peak_pss = 0
     while proc.poll() is None:
         try:
             rss_main = main.memory_info().rss
-            tree = rss_main
+            tree, pss = rss_main, main.memory_full_info().pss
             for child in main.children(recursive=True):
                 try:
                     tree += child.memory_info().rss
+                    pss += child.memory_full_info().pss
                 except psutil.Error:
                     pass
         except psutil.Error:
             break
-        peak_tree, peak_main = max(peak_tree, tree), max(peak_main, rss_main)
+        peak_tree, peak_main, peak_pss = max(peak_tree, tree), max(peak_main, rss_main), max(peak_pss, pss)
         time.sleep(0.1)
     output = proc.communicate()[0].decode(errors="replace")
     seconds = time.perf_counter() - start
@@ -85,7 +88,13 @@ def measure(command: list[str], env: dict[str, str] | None = None) -> dict[str, 
     cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(command)} failed ({proc.returncode}):\n{output[-3000:]}")
-    return {"seconds": seconds, "cpu": cpu, "peak_mb": peak_tree / 1e6, "main_mb": peak_main / 1e6}
+    return {
+        "seconds": seconds,
+        "cpu": cpu,
+        "peak_mb": peak_tree / 1e6,
+        "main_mb": peak_main / 1e6,
+        "pss_mb": peak_pss / 1e6,
+    }
 
 
 def main() -> None:
@@ -111,15 +120,21 @@ def main() -> None:
                 )
             if args.only != "ours":
                 rows["HF"] = measure([sys.executable, "-c", HF_TRAIN, str(corpus), str(args.vocab), f"{tmp}/hf.json"])
-            print("trainer   wall s   CPU s  peak RSS MB  main RSS MB")
+            print("trainer   wall s   CPU s  peak RSS MB  main RSS MB  peak PSS MB")
             for name, row in rows.items():
-                wall, cpu, peak, main_mb = row["seconds"], row["cpu"], row["peak_mb"], row["main_mb"]
-                print(f"{name:<8} {wall:>7.1f} {cpu:>7.1f} {peak:>12.0f} {main_mb:>12.0f}")
+                wall, cpu, peak, main_mb, pss = (
+                    row["seconds"],
+                    row["cpu"],
+                    row["peak_mb"],
+                    row["main_mb"],
+                    row["pss_mb"],
+                )
+                print(f"{name:<8} {wall:>7.1f} {cpu:>7.1f} {peak:>12.0f} {main_mb:>12.0f} {pss:>12.0f}")
             if len(rows) == 2:
                 ours, hf = rows["ours"], rows["HF"]
                 print(
                     f"ours / HF: wall {ours['seconds'] / hf['seconds']:.2f}x, CPU {ours['cpu'] / hf['cpu']:.2f}x, "
-                    f"peak RSS {ours['peak_mb'] / hf['peak_mb']:.2f}x "
+                    f"peak RSS {ours['peak_mb'] / hf['peak_mb']:.2f}x, peak PSS {ours['pss_mb'] / hf['pss_mb']:.2f}x "
                     f"(main process {ours['main_mb'] / hf['main_mb']:.2f}x); load {os.getloadavg()[0]:.1f}"
                 )
         if not args.skip_prepare:
@@ -131,7 +146,8 @@ def main() -> None:
                 print(
                     f"prepare, {workers} worker(s): {row['seconds']:.1f} s = {mb / row['seconds']:.1f} MB/s "
                     f"(CPU {row['cpu']:.1f} s), "
-                    f"peak RSS {row['peak_mb']:.0f} MB (main {row['main_mb']:.0f} MB); load {os.getloadavg()[0]:.1f}"
+                    f"peak RSS {row['peak_mb']:.0f} MB (main {row['main_mb']:.0f} MB, PSS {row['pss_mb']:.0f} MB); "
+                    f"load {os.getloadavg()[0]:.1f}"
                 )
 
 

@@ -25,10 +25,11 @@ import torch.distributed as torch_dist
 from torch import nn
 
 from microgpt.common.checkpoint import CheckpointWriter
+from microgpt.common.checkpoint_load import load_model_state, load_optimizer_states
 from microgpt.common.dist import DistInfo
 from microgpt.common.optim import build_optimizers
 from microgpt.common.parallel import materialize, shard_model, transformer_blocks
-from microgpt.common.sharded import load_model_state, load_optimizer_states, save_sharded
+from microgpt.common.sharded import save_sharded
 from microgpt.model.config import GPTConfig
 from microgpt.model.gpt import GPT
 

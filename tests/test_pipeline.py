@@ -249,6 +249,36 @@ def test_missing_data_file_is_refused_before_any_work(tmp_path: Path) -> None:
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        ({"type": "file", "paths": ["{tmp}/rows.jsonl"], "text_field": "text"}, "line 1: no field 'text'"),
+        ({"type": "url", "urls": ["{base}/status/404"], "retries": 0}, "404"),
+        ({"type": "url", "urls": ["{base}/files/page.txt"], "retries": 0}, "sent a web page"),
+    ],
+    ids=["wrong-column", "dead-url", "html-at-txt-url"],
+)
+def test_unreadable_stage2_source_is_refused_before_stage1_trains(
+    tmp_path: Path, http_server: tuple[str, Any], source: dict[str, Any], message: str
+) -> None:
+    base, state = http_server
+    state.files["page.txt"] = b"<html><body>Sign in</body></html>"
+    state.types["page.txt"] = "text/html"
+    (tmp_path / "rows.jsonl").write_text(json.dumps({"body": "a document under another name"}) + "\n")
+    filled = {
+        k: [v.replace("{tmp}", str(tmp_path)).replace("{base}", base) for v in value]
+        if isinstance(value, list)
+        else value
+        for k, value in source.items()
+    }
+    data = tiny_config(tmp_path / "run")
+    data["stage2"]["data"]["sources"] = [data["stage2"]["data"]["sources"][0], filled]
+    with pytest.raises(MicrogptError, match=r"stage2.data.sources.1: ") as error:
+        run_pipeline(validate_config(PipelineConfig, data))
+    assert message in str(error.value)
+    assert not (tmp_path / "run").exists()  # refused before the tokenizer or stage 1 ran
+
+
 def test_a_different_pipeline_in_the_run_dir_is_refused(tmp_path: Path) -> None:
     config = validate_config(PipelineConfig, tiny_config(tmp_path / "run"))
     (tmp_path / "run").mkdir()

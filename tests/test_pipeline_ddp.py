@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.mark.slow
 def test_pipeline_under_torchrun_with_two_ranks(tmp_path: Path) -> None:
-    """The same code path as on many GPUs: two gloo ranks train, rank 0 alone makes soups and the report."""
+    """The same code path as on many GPUs: two gloo ranks train and score, rank 0 alone makes soups and the report."""
     config = tiny_config(tmp_path / "run")
     config["stage2"]["ingredients"] = config["stage2"]["ingredients"][:2]
     config["stage2"]["train"]["checkpoint_interval"] = 1  # the baseline's 6 steps: enough checkpoints to average
@@ -38,6 +38,9 @@ def test_pipeline_under_torchrun_with_two_ranks(tmp_path: Path) -> None:
     meta = json.loads(next((tmp_path / "run" / "stage1" / "checkpoints").glob("step-*/trainer.json")).read_text())
     assert meta["world_size"] == 2
     assert done.stdout.count("report:") == 1  # rank 0 alone writes and prints the report
+    steps = tmp_path / "run" / "steps"
+    scored_on = {json.loads(p.read_text())["rank"] for p in steps.glob("eval-*.json")}
+    assert scored_on == {0, 1}  # the models' scoring was spread over both ranks
 
     # The same pipeline in one process: the same models, steps and tokens, and (the global batch and the data
     # order being the same at any world size) the same losses up to float summation order.

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from microgpt.cli.main import main
-from microgpt.common.checkpoint import load_weights, read_meta, resolve_checkpoint
+from microgpt.common.checkpoint import read_meta, resolve_checkpoint
+from microgpt.common.checkpoint_load import load_weights
 from microgpt.common.errors import MicrogptError
 from microgpt.common.sources import TextSource
 from microgpt.data import prepare_data

@@ -96,6 +96,43 @@ def _files(work: Path) -> dict[Path, bytes]:
     return {p.relative_to(work): p.read_bytes() for p in sorted(work.rglob("*")) if p.is_file()}
 
 
+def _run_first(*argv: str) -> Callable[[Path], None]:
+    """A setup step: run a command that must succeed (what a user did before the bad one)."""
+
+    def setup(work: Path) -> None:
+        assert _cli(list(argv)) == 0
+
+    return setup
+
+
+FINETUNE_TRAIN = {
+    "max_steps": 1,
+    "batch_size": 4,
+    "eval_interval": 0,
+    "eval_batches": 1,
+    "checkpoint_interval": 0,
+    "sample_tokens": 0,
+    "progress": False,
+    "plot": False,
+    "device": "cpu",
+    "threads": 1,
+}
+FINETUNE_YAML = yaml.safe_dump({"init_from": "run", "data_dir": "run/data", "out_dir": "ft", "train": FINETUNE_TRAIN})
+PIPELINE_YAML = yaml.safe_dump(
+    {
+        "out_dir": "pipe",
+        "stage1": None,
+        "stage2": {
+            "init_from": "run",
+            "data": {"sources": [{"type": "file", "paths": ["rows.jsonl"]}], "val_docs": 2, "test_docs": 2},
+            "train": FINETUNE_TRAIN,
+            "ingredients": [{"seed": 1}, {"seed": 2}],
+        },
+        "soup": {"trajectory": []},
+    }
+)
+
+
 @dataclass
 class Case:
     """One bad input: files to add (relative path → bytes or text), the arguments, the exit code, the message."""
@@ -180,6 +217,51 @@ CASES = [
         "step-0000002 is at step 2, past train.max_steps=1",
     ),
     Case("import-into-a-training-run", ["import", "hf", "run"], "run already holds checkpoint step-0000002"),
+    # ---- soups ---------------------------------------------------------------------------------------------------
+    Case("soup-same-ingredient-twice", ["soup", "run", "run", "--out", "s", "-r", "uniform"], "same checkpoint"),
+    Case(
+        "soup-over-an-existing-soup",
+        ["soup", "run", "--out", "s", "-r", "uniform"],
+        "already holds a soup; pass --overwrite",
+        setup=_run_first("soup", "run", "--out", "s", "-r", "uniform"),
+    ),
+    Case(
+        "soup-max-batches-0",
+        ["soup", "run", "--out", "s", "-r", "greedy", "--data", "run/data", "--max-batches", "0"],
+        "--max-batches",
+        code=2,
+        absent="empty",
+    ),
+    Case(
+        "soup-data-of-another-tokenizer",
+        ["soup", "run", "--out", "s", "-r", "greedy", "--data", "other"],
+        "not the ingredients' tokenizer",
+        files={
+            "p.yaml": yaml.safe_dump(
+                {
+                    "tokenizer": {"vocab_size": 270},
+                    "data": {"sources": [{"type": "file", "paths": ["corpus.txt"], "separator": "\n"}], "val_docs": 5},
+                    "out_dir": "other",
+                }
+            )
+        },
+        setup=_run_first("data", "prepare", "p.yaml"),
+    ),
+    # ---- stage 2 -------------------------------------------------------------------------------------------------
+    Case(
+        "finetune-rerun-with-other-settings",
+        ["finetune", "ft.yaml", "train.lr=0.01"],
+        "holds a fine-tune with other settings",
+        files={"ft.yaml": FINETUNE_YAML},
+        setup=_run_first("finetune", "ft.yaml"),
+    ),
+    Case(
+        "pipeline-stage2-source-wrong-column",
+        ["pipeline", "pipe.yaml"],
+        "no field 'text'",
+        files={"pipe.yaml": PIPELINE_YAML, "rows.jsonl": json.dumps({"body": "a document"}) + "\n"},
+        absent="Traceback",
+    ),
     # ---- hostile URLs ---------------------------------------------------------------------------------------------
     Case(
         "prepare-html-at-txt-url",

@@ -16,11 +16,10 @@ from microgpt.common.checkpoint import (
     capture_rng_state,
     latest_checkpoint,
     list_checkpoints,
-    load_model_weights,
-    load_optimizer_state,
     resolve_checkpoint,
     restore_rng_state,
 )
+from microgpt.common.checkpoint_load import load_model_weights, load_optimizer_state
 from microgpt.common.optim import build_optimizers, orthogonalize
 from microgpt.common.schedule import lr_multiplier
 from microgpt.model.config import GPTConfig

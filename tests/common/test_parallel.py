@@ -19,10 +19,10 @@ import yaml
 
 from microgpt import load_model
 from microgpt.common.checkpoint import CheckpointError, list_checkpoints
+from microgpt.common.checkpoint_load import TensorReader, load_model_state
 from microgpt.common.config import load_config
 from microgpt.common.errors import ConfigError
 from microgpt.common.metrics import read_metrics
-from microgpt.common.sharded import TensorReader, load_model_state
 from microgpt.common.train_config import TrainConfig
 from microgpt.model.gpt import GPT
 from microgpt.model.pretrain import RunConfig

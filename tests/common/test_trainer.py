@@ -13,7 +13,8 @@ import pytest
 import torch
 from torch import nn
 
-from microgpt.common.checkpoint import list_checkpoints, load_weights, read_meta
+from microgpt.common.checkpoint import list_checkpoints, read_meta
+from microgpt.common.checkpoint_load import load_weights
 from microgpt.common.errors import MicrogptError
 from microgpt.common.metrics import read_metrics
 from microgpt.common.schedule import lr_multiplier

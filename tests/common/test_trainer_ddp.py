@@ -13,7 +13,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from microgpt.common.checkpoint import load_weights, split_shared
+from microgpt.common.checkpoint import split_shared
+from microgpt.common.checkpoint_load import load_weights
 from microgpt.common.trainer import Batch
 from tests.common.test_trainer import ListLoader, TinyTrainer, _config
 

@@ -9,7 +9,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from microgpt.common.checkpoint import CheckpointError, load_weights, read_meta, resolve_checkpoint
+from microgpt.common.checkpoint import CheckpointError, read_meta, resolve_checkpoint
+from microgpt.common.checkpoint_load import load_weights
 from microgpt.common.config import validate_config
 from microgpt.common.errors import MicrogptError
 from microgpt.common.sources import TextSource

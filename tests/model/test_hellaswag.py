@@ -12,14 +12,13 @@ from tiktoken_ext.openai_public import r50k_pat_str  # type: ignore[import-untyp
 
 from microgpt.common.errors import MicrogptError
 from microgpt.eval.hellaswag import (
-    HellaSwagItem,
     build_batch,
     evaluate_hellaswag,
-    load_hellaswag,
     render_item,
     score_hellaswag,
     score_rows,
 )
+from microgpt.eval.hellaswag_data import HellaSwagItem, load_hellaswag
 from microgpt.model.config import GPTConfig
 from microgpt.model.gpt import GPT
 from tests.http_server import ServerState

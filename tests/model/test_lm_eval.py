@@ -22,14 +22,13 @@ import torch
 from microgpt.cli.main import main
 from microgpt.common.errors import MicrogptError
 from microgpt.eval.hellaswag import (
-    HellaSwagItem,
     build_batch,
     harness_item,
-    load_hellaswag,
     render_item,
     score_hellaswag,
     score_rows,
 )
+from microgpt.eval.hellaswag_data import HellaSwagItem, load_hellaswag
 from microgpt.model.config import GPTConfig
 from microgpt.model.gpt import GPT
 from microgpt.model.hf import export_hf

@@ -61,8 +61,10 @@ def test_docstring_examples_run() -> None:
 
     import microgpt.tokenizer
     import microgpt.tokenizer.bpe
+    import microgpt.tokenizer.decoding
     import microgpt.tokenizer.tokenizer
 
-    for module in (microgpt.tokenizer, microgpt.tokenizer.bpe, microgpt.tokenizer.tokenizer):
+    modules = (microgpt.tokenizer, microgpt.tokenizer.bpe, microgpt.tokenizer.decoding, microgpt.tokenizer.tokenizer)
+    for module in modules:
         result = doctest.testmod(module)
         assert result.attempted > 0 and result.failed == 0, module.__name__

@@ -10,8 +10,10 @@ from hypothesis import strategies as st
 from microgpt.common.errors import ConfigError, MicrogptError
 from microgpt.tokenizer import Tokenizer, TokenizerConfig, build_tokenizer
 from microgpt.tokenizer.bpe import merge_pair
+from microgpt.tokenizer.corpus import capped_documents
+from microgpt.tokenizer.counting import count_chunks
+from microgpt.tokenizer.merges import learn_vocab
 from microgpt.tokenizer.patterns import GPT4_PATTERN, compile_pattern
-from microgpt.tokenizer.trainer import capped_documents, count_chunks, learn_vocab
 from tests.conftest import ROOT
 
 # The first 90% of Tiny Shakespeare, which ships with microgpt (data/README.md).

@@ -16,25 +16,23 @@ from typer.testing import CliRunner
 
 from microgpt.cli.tokenizer import read_documents, register
 from microgpt.tokenizer import Tokenizer
-from microgpt.tokenizer.patterns import PATTERNS, compile_pattern
-from microgpt.tokenizer.trainer import (
-    BATCH_CHARS,
+from microgpt.tokenizer.corpus import BATCH_CHARS, cut_document, stream_document
+from microgpt.tokenizer.counting import (
     IN_FLIGHT_PER_WORKER,
     ChunkTable,
     _bounded_map,
-    _load_kernels,
     count_chunks,
     count_table,
-    cut_document,
-    learn_vocab,
-    stream_document,
+    load_kernels,
 )
+from microgpt.tokenizer.merges import learn_vocab
+from microgpt.tokenizer.patterns import PATTERNS, compile_pattern
 from tests.conftest import ROOT
 
 SHAKESPEARE = ROOT / "data" / "tinyshakespeare" / "train.txt"  # ships with microgpt (data/README.md)
 KNOWN = ["gpt2", "gpt4", "o200k"]
 PARTS = ["a", "b", "é", "中", " ", "  ", "\n", "\r\n", "'s", "1", "23", ".", "!\n", "\t", "\u2028", "\u0301"]
-compiled = pytest.mark.skipif(_load_kernels() is None, reason="numba not installed or MICROGPT_KERNELS=0")
+compiled = pytest.mark.skipif(load_kernels() is None, reason="numba not installed or MICROGPT_KERNELS=0")
 # Text that exercises every safe cut and the places that are not safe: newlines between words, blank lines,
 # spaces before newlines, runs of spaces, digits, contractions, CJK without spaces, punctuation before newlines.
 TRICKY = (

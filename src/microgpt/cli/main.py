@@ -1,7 +1,8 @@
 """The ``microgpt`` command: one Typer app; each command module adds itself to the table below.
 
 Errors meant for users (:class:`~microgpt.common.errors.MicrogptError`) print one line, ``error: ...``, and
-exit with the error's code (2 for config errors, 1 otherwise) — no traceback.
+exit with the error's code (2 for config errors, 1 otherwise) — no traceback. Usage errors (an unknown option, a
+missing argument, a value out of its range) print one line too, naming the command's help, and exit 2.
 """
 
 from __future__ import annotations
@@ -58,11 +59,24 @@ def _register_commands() -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Run the CLI; user errors print one line and exit non-zero."""
+    """Run the CLI; user errors and usage errors print one line and exit non-zero."""
     setup_logging()
     _register_commands()
     try:
-        app(args=argv, prog_name="microgpt")  # standalone: usage errors exit 2, --help/--version exit 0
+        code = app(args=argv, prog_name="microgpt", standalone_mode=False)  # --help/--version return 0
+    except typer.Abort:
+        typer.echo("Aborted.", err=True)
+        sys.exit(1)
+    except typer.TyperException as error:  # click's usage errors (typer vendors click; this is their public base)
+        ctx = getattr(error, "ctx", None)
+        if type(error).__name__ == "NoArgsIsHelpError":  # ``microgpt data``: typer has printed the help
+            sys.exit(2)
+        format_message = getattr(error, "format_message", None)
+        message = format_message() if callable(format_message) else str(error)
+        where = f"; see '{ctx.command_path} -h'" if ctx is not None else ""  # unknown option, value out of range
+        typer.echo(f"error: {message.rstrip('.')}{where}", err=True)
+        sys.exit(int(getattr(error, "exit_code", 2)))
     except MicrogptError as error:
         typer.echo(f"error: {error}", err=True)
         sys.exit(error.exit_code)
+    sys.exit(code if isinstance(code, int) else 0)  # as click's standalone mode: always exit

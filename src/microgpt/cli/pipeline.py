@@ -14,7 +14,11 @@ def pipeline(
         list[str] | None, typer.Argument(help="Dotted overrides, e.g. stage1.train.max_steps=100 out_dir=runs/x.")
     ] = None,
     dry_run: Annotated[
-        bool, typer.Option("--dry-run", help="Validate the config and show the plan; run nothing.")
+        bool,
+        typer.Option(
+            "--dry-run",
+            help="Validate the config, read the first document of every source, show the plan; train nothing.",
+        ),
     ] = False,
 ) -> None:
     """Run tokenizer → stage 1 → stage-2 ingredients → uniform and greedy soups → evaluation → report.

@@ -65,7 +65,8 @@ def soup(
 
     `trajectory` averages checkpoints of ONE run (LAWA): give its step directories, or one run directory and --last K.
     """
-    from microgpt.pipeline.soups import RECIPES, Recipe, last_checkpoints, make_soups, make_trajectory_soup
+    from microgpt.pipeline.soup_checks import RECIPES, Recipe
+    from microgpt.pipeline.soups import last_checkpoints, make_soups, make_trajectory_soup
 
     chosen = list(recipe or ["uniform", "greedy"])
     unknown = [name for name in chosen if name not in RECIPES]

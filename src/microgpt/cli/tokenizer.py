@@ -22,9 +22,9 @@ from microgpt.common.errors import MicrogptError
 from microgpt.common.formats import EncodingError, detect_format, documents_from_file, text_blocks
 from microgpt.common.sources import iterate_sync
 from microgpt.tokenizer import Tokenizer
+from microgpt.tokenizer.corpus import capped_documents, stream_document
 from microgpt.tokenizer.patterns import resolve_pattern
 from microgpt.tokenizer.tokenizer import ENDOFTEXT
-from microgpt.tokenizer.trainer import capped_documents, stream_document
 
 tokenizer_app = typer.Typer(help="Train, inspect and use tokenizers.", no_args_is_help=True)
 

@@ -14,7 +14,8 @@ Layout of ``out_dir/checkpoints/step-0000100/``::
 
 The directory is filled under a temporary name and renamed when complete, so a crash or a full disk never
 leaves a half checkpoint under a real name; the sha256 index in ``meta.json`` catches later corruption.
-Nothing is ever unpickled: tensors are safetensors, the rest JSON.
+Nothing is ever unpickled: tensors are safetensors, the rest JSON. Reading the weights and optimizer state back
+is :mod:`microgpt.common.checkpoint_load`; FSDP runs write sharded step directories (:mod:`microgpt.common.sharded`).
 """
 
 from __future__ import annotations
@@ -34,8 +35,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import nn
 
@@ -83,7 +82,7 @@ def _sha256_path(path: Path) -> str:
     return digest.hexdigest()
 
 
-# ---- weights -----------------------------------------------------------------------------------------------
+# ---- weights and optimizer state, as written (read back by checkpoint_load.py) -----------------------------
 
 
 def split_shared(state: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -110,65 +109,6 @@ def weights_to_bytes(model: nn.Module) -> tuple[bytes, dict[str, str]]:
     return st_save(unique), aliases
 
 
-def load_weights(path: Path) -> dict[str, torch.Tensor]:
-    """Read a checkpoint's weights (aliases restored) onto the CPU.
-
-    Raises:
-        CheckpointError: When the file is missing or not valid safetensors.
-    """
-    meta = read_meta(path)
-    if (path / "shards.json").is_file():  # a sharded (FSDP) checkpoint: its pieces, concatenated
-        from microgpt.common.sharded import TensorReader
-
-        reader = TensorReader(path)
-        return {name: reader.read("model", name) for name in reader.names("model")}
-    try:
-        tensors = st_load((path / "model.safetensors").read_bytes())
-    except (OSError, SafetensorError) as error:
-        raise CheckpointError(f"{path}: cannot read model.safetensors: {error}") from None
-    aliases = meta.get("aliases", {})
-    if not isinstance(aliases, dict) or not all(isinstance(n, str) and n in tensors for n in aliases.values()):
-        raise CheckpointError(f"{path}: {META} 'aliases' does not name tensors of model.safetensors")
-    for alias, name in aliases.items():
-        tensors[alias] = tensors[name]
-    return tensors
-
-
-def load_model_weights(model: nn.Module, path: Path) -> None:
-    """Load a checkpoint's weights into ``model``; every name and shape must match.
-
-    Raises:
-        CheckpointError: Naming the first missing, unexpected or wrongly shaped tensor.
-    """
-    if any(type(p).__name__ == "DTensor" for p in model.parameters()):  # an FSDP-sharded model
-        from microgpt.common.sharded import load_model_state
-
-        load_model_state(model, path)
-        return
-    tensors = load_weights(path)
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(tensors))
-    unexpected = sorted(set(tensors) - set(expected))
-    if missing or unexpected:
-        parts = []
-        if missing:
-            parts.append(f"missing {', '.join(missing[:3])}{' …' if len(missing) > 3 else ''}")
-        if unexpected:
-            parts.append(f"unexpected {', '.join(unexpected[:3])}{' …' if len(unexpected) > 3 else ''}")
-        raise CheckpointError(f"{path}: weights do not match the model config: {'; '.join(parts)}")
-    for name in expected:  # the model's own order, so the first mismatch named is the first layer's
-        tensor = tensors[name]
-        if tuple(tensor.shape) != tuple(expected[name].shape):
-            raise CheckpointError(
-                f"{path}: weights do not match the model config: {name} has shape {tuple(tensor.shape)}, "
-                f"the model expects {tuple(expected[name].shape)}"
-            )
-    model.load_state_dict(tensors, strict=True)
-
-
-# ---- optimizer state ---------------------------------------------------------------------------------------
-
-
 def optimizer_state_to_files(optimizers: Sequence[torch.optim.Optimizer]) -> tuple[bytes, bytes]:
     """Split the optimizers' state into safetensors bytes (tensors) and JSON bytes (everything else)."""
     tensors: dict[str, torch.Tensor] = {}
@@ -185,40 +125,6 @@ def optimizer_state_to_files(optimizers: Sequence[torch.optim.Optimizer]) -> tup
                     plain[str(pid)][key] = value
         described.append({"type": type(opt).__name__, "state": plain, "param_groups": state["param_groups"]})
     return st_save(tensors) if tensors else st_save({}), _json_bytes(described)
-
-
-def load_optimizer_state(optimizers: Sequence[torch.optim.Optimizer], path: Path) -> None:
-    """Restore optimizer state saved by :func:`optimizer_state_to_files` into freshly built optimizers.
-
-    Raises:
-        CheckpointError: When the number or type of optimizers or their parameter groups differ.
-    """
-    try:
-        described = json.loads((path / "optimizer.json").read_text(encoding="utf-8"))
-        tensors = st_load((path / "optimizer.safetensors").read_bytes())
-    except (OSError, ValueError, SafetensorError) as error:
-        raise CheckpointError(f"{path}: cannot read the optimizer state: {error}") from None
-    if len(described) != len(optimizers):
-        raise CheckpointError(f"{path}: holds {len(described)} optimizer(s), the run builds {len(optimizers)}")
-    for index, (opt, saved) in enumerate(zip(optimizers, described, strict=True)):
-        if saved["type"] != type(opt).__name__:
-            raise CheckpointError(f"{path}: optimizer {index} is {saved['type']}, the run builds {type(opt).__name__}")
-        state: dict[int, dict[str, Any]] = {int(pid): dict(values) for pid, values in saved["state"].items()}
-        prefix = f"{index}."
-        for name, tensor in tensors.items():
-            if name.startswith(prefix):
-                _, pid, key = name.split(".", 2)
-                state.setdefault(int(pid), {})[key] = tensor
-        groups = []
-        for group in saved["param_groups"]:
-            group = dict(group)
-            if isinstance(group.get("betas"), list):  # JSON has no tuples; AdamW expects one
-                group["betas"] = tuple(group["betas"])
-            groups.append(group)
-        try:
-            opt.load_state_dict({"state": state, "param_groups": groups})
-        except (ValueError, KeyError) as error:
-            raise CheckpointError(f"{path}: optimizer {index} does not fit the model: {error}") from None
 
 
 # ---- RNG state ---------------------------------------------------------------------------------------------

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
+from collections.abc import Iterator
 from typing import Literal
 
 import numpy as np
@@ -156,3 +158,21 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+@contextlib.contextmanager
+def deterministic_algorithms(enabled: bool, device: torch.device) -> Iterator[None]:
+    """With ``enabled``, run the block with ``torch.use_deterministic_algorithms`` on; restore the setting after.
+
+    GPU kernels with atomics (e.g. ``index_add`` in a backward pass) otherwise vary from run to run; cuBLAS also needs
+    a fixed workspace (``CUBLAS_WORKSPACE_CONFIG``) to be deterministic.
+    """
+    was = torch.are_deterministic_algorithms_enabled()
+    if enabled:
+        if device.type == "cuda":
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(was)

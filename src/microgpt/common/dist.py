@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import secrets
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
@@ -208,6 +208,45 @@ def run_on_main(what: str, work: Callable[[], T]) -> T | None:
     if answer.startswith("error:"):
         raise MicrogptError(f"rank 0 failed while {what}: {answer.removeprefix('error:')}")
     return None
+
+
+def spread_over_ranks(what: str, works: Sequence[Callable[[], object]]) -> None:
+    """Run independent ``works`` spread over the ranks (work ``i`` on rank ``i mod world size``), then wait for all.
+
+    As in :func:`run_on_main`, the ranks wait on the process group's store, not in a collective, so uneven work does
+    not hit the collective timeout; a failure on any rank stops every rank with its one line. Results travel through
+    the file system. In a single process the works simply run in order. Every rank must call it with the same list.
+
+    Raises:
+        MicrogptError: On every rank but the failing one, when a work failed; that rank re-raises its own error.
+    """
+    import torch.distributed as torch_dist
+
+    global _calls
+    if not (torch_dist.is_available() and torch_dist.is_initialized()) or torch_dist.get_world_size() == 1:
+        for work in works:
+            work()
+        return
+    _calls += 1
+    base, store = f"microgpt/spread/{_calls}", _store()
+    rank, world = torch_dist.get_rank(), torch_dist.get_world_size()
+    mine = list(range(rank, len(works), world))
+    for position, index in enumerate(mine):
+        try:
+            works[index]()
+        except BaseException as error:
+            text = str(error).splitlines()[0] if str(error) else type(error).__name__
+            for left in mine[position:]:  # nobody waits forever for the works this rank will not do
+                store.set(f"{base}/{left}", f"error:{text}")
+            raise
+        store.set(f"{base}/{index}", "ok")
+    keys = [f"{base}/{index}" for index in range(len(works))]
+    if keys:
+        store.wait(keys, MAIN_WORK_WAIT)
+    for index, key in enumerate(keys):
+        answer = store.get(key).decode()
+        if answer.startswith("error:"):
+            raise MicrogptError(f"rank {index % world} failed while {what}: {answer.removeprefix('error:')}")
 
 
 def broadcast_object(value: T) -> T:

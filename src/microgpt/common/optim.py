@@ -14,6 +14,8 @@ from typing import Literal
 import torch
 from torch import nn
 
+from microgpt.common.parallel import clip_grad_norm
+
 OptimizerName = Literal["adamw", "muon"]
 
 # Coefficients of the quintic Newton-Schulz iteration, tuned by Keller Jordan to push singular values toward 1
@@ -220,3 +222,37 @@ def set_learning_rate(optimizers: list[torch.optim.Optimizer], multiplier: float
     for opt in optimizers:
         for group in opt.param_groups:
             group["lr"] = group["base_lr"] * multiplier
+
+
+def optimizer_step(
+    optimizers: list[torch.optim.Optimizer],
+    parameters: Iterable[nn.Parameter],
+    *,
+    lr_multiplier: float,
+    grad_clip: float,
+    scaler: torch.amp.GradScaler | None = None,
+) -> None:
+    """After the backward passes: unscale (fp16) → clip → set the learning rate → step → zero the gradients.
+
+    Args:
+        optimizers: Every optimizer of the model.
+        parameters: The parameters whose gradient norm is clipped.
+        lr_multiplier: The schedule's multiplier of each group's base learning rate.
+        grad_clip: Clip the global gradient norm to this (0: no clipping).
+        scaler: The fp16 gradient scaler, if any.
+    """
+    if scaler is not None:
+        for opt in optimizers:
+            scaler.unscale_(opt)
+    if grad_clip > 0:
+        clip_grad_norm(parameters, grad_clip)  # sharded or not
+    set_learning_rate(optimizers, lr_multiplier)
+    for opt in optimizers:
+        if scaler is not None:
+            scaler.step(opt)
+        else:
+            opt.step()
+    if scaler is not None:
+        scaler.update()
+    for opt in optimizers:
+        opt.zero_grad(set_to_none=True)

@@ -1,4 +1,4 @@
-"""Sharded checkpoints of FSDP runs: written by every rank, read into any world size, consolidated; never pickled.
+"""Sharded checkpoints of FSDP runs: written by every rank, consolidated into one folder; never pickled.
 
 A sharded step directory holds what a single-folder one holds, except the tensors::
 
@@ -9,18 +9,15 @@ A sharded step directory holds what a single-folder one holds, except the tensor
 
 FSDP2 shards each tensor along dim 0 into ``world_size`` pieces (``torch.chunk``'s split, the last ones possibly
 shorter or empty); tensors that are not sharded (AdamW's step counters) are written once, by rank 0. A tensor is
-rebuilt by concatenating its pieces in rank order, so a checkpoint written on N ranks loads into M ranks, into one
-process, or into today's format (:func:`consolidate`). We write our own safetensors shards plus a JSON index rather
-than ``torch.distributed.checkpoint``: its default metadata file is a pickle, which microgpt never reads from a file
-a user may have received, and the index stays a few lines of JSON anyone can check.
-
-Loading reads one full tensor at a time on the CPU and copies in this rank's shard, so host memory peaks at the
-largest tensor, not the model.
+rebuilt by concatenating its pieces in rank order, so a checkpoint written on N ranks loads into M ranks or into one
+process (:mod:`microgpt.common.checkpoint_load` reads both kinds), or becomes today's format (:func:`consolidate`).
+We write our own safetensors shards plus a JSON index rather than ``torch.distributed.checkpoint``: its default
+metadata file is a pickle, which microgpt never reads from a file a user may have received, and the index stays a
+few lines of JSON anyone can check.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -30,8 +27,6 @@ from typing import Any
 
 import torch
 import torch.distributed as torch_dist
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import nn
 
@@ -41,22 +36,12 @@ from microgpt.common.checkpoint import (
     _json_bytes,
     _write,
     finish_step_dir,
-    load_model_weights,
-    load_optimizer_state,
-    read_meta,
     step_dir_name,
     verify_checkpoint,
 )
+from microgpt.common.checkpoint_load import SHARDS, TensorReader, is_sharded_checkpoint
 from microgpt.common.dist import DistInfo
-from microgpt.common.parallel import copy_full_into, is_sharded
-
-SHARDS = "shards.json"
-
-
-def is_sharded_checkpoint(path: Path) -> bool:
-    """True when ``path`` is a sharded step directory (it has ``shards.json``)."""
-    return (Path(path) / SHARDS).is_file()
-
+from microgpt.common.parallel import is_sharded
 
 # ---- writing -----------------------------------------------------------------------------------------------
 
@@ -214,161 +199,6 @@ def _replace_dir(tmp: Path, target: Path) -> None:
     os.replace(tmp, target)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
-
-
-# ---- reading -----------------------------------------------------------------------------------------------
-
-
-class TensorReader:
-    """Full tensors of a checkpoint of either kind, read by name (``model/<name>``, ``optimizer/<key>``).
-
-    Args:
-        path: A step directory (single-folder or sharded).
-
-    Raises:
-        CheckpointError: When an index or a file is missing or unreadable.
-    """
-
-    def __init__(self, path: Path) -> None:
-        """Read the index (sharded) or the two safetensors files (single-folder)."""
-        self.path = Path(path)
-        self.meta = read_meta(self.path)
-        self.aliases: dict[str, str] = dict(self.meta.get("aliases", {}))
-        self._tensors: dict[str, torch.Tensor] | None = None
-        self._index: dict[str, dict[str, Any]] = {}
-        try:
-            if is_sharded_checkpoint(self.path):
-                self._index = json.loads((self.path / SHARDS).read_text(encoding="utf-8"))["tensors"]
-            else:
-                tensors = {f"model/{k}": v for k, v in st_load((self.path / "model.safetensors").read_bytes()).items()}
-                optimizer = st_load((self.path / "optimizer.safetensors").read_bytes())
-                tensors.update({f"optimizer/{k}": v for k, v in optimizer.items()})
-                self._tensors = tensors
-        except (OSError, ValueError, KeyError, SafetensorError) as error:
-            raise CheckpointError(f"{self.path}: cannot read the checkpoint's tensors: {error}") from None
-
-    def names(self, kind: str) -> list[str]:
-        """Names of the stored ``model`` or ``optimizer`` tensors (model aliases included)."""
-        source = self._tensors if self._tensors is not None else self._index
-        prefix = f"{kind}/"
-        found = [k.removeprefix(prefix) for k in source if k.startswith(prefix)]
-        return found + (list(self.aliases) if kind == "model" else [])
-
-    def shape(self, kind: str, name: str) -> tuple[int, ...]:
-        """Full shape of a stored tensor."""
-        key = f"{kind}/{self.aliases.get(name, name) if kind == 'model' else name}"
-        if self._tensors is not None:
-            return tuple(self._tensors[key].shape)
-        return tuple(self._index[key]["shape"])
-
-    def read(self, kind: str, name: str) -> torch.Tensor:
-        """The full tensor on the CPU (its pieces concatenated along dim 0 for a sharded checkpoint)."""
-        stored = self.aliases.get(name, name) if kind == "model" else name
-        key = f"{kind}/{stored}"
-        if self._tensors is not None:
-            return self._tensors[key]
-        entry = self._index[key]
-        pieces = []
-        try:
-            for file in entry["pieces"]:
-                with safe_open(str(self.path / file), framework="pt") as handle:
-                    pieces.append(handle.get_tensor(stored))
-        except (OSError, SafetensorError) as error:
-            raise CheckpointError(f"{self.path}: cannot read {stored}: {error}") from None
-        full = pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=0)
-        if list(full.shape) != entry["shape"]:
-            raise CheckpointError(f"{self.path}: the pieces of {stored} make {list(full.shape)}, not {entry['shape']}")
-        return full
-
-
-def load_model_state(model: nn.Module, path: Path) -> None:
-    """Load a checkpoint's weights (single-folder or sharded) into a plain or an FSDP-sharded model.
-
-    Raises:
-        CheckpointError: One line naming the first missing, unexpected or wrongly shaped tensor.
-    """
-    expected = model.state_dict(keep_vars=True)
-    if not is_sharded_checkpoint(path) and not any(is_sharded(t) for t in expected.values()):
-        load_model_weights(model, path)  # today's path, unchanged
-        return
-    reader = TensorReader(path)
-    stored = set(reader.names("model"))
-    missing = sorted(set(expected) - stored)
-    unexpected = sorted(stored - set(expected))
-    if missing or unexpected:
-        parts = []
-        if missing:
-            parts.append(f"missing {', '.join(missing[:3])}{' …' if len(missing) > 3 else ''}")
-        if unexpected:
-            parts.append(f"unexpected {', '.join(unexpected[:3])}{' …' if len(unexpected) > 3 else ''}")
-        raise CheckpointError(f"{path}: weights do not match the model config: {'; '.join(parts)}")
-    for name, tensor in expected.items():
-        if reader.shape("model", name) != tuple(tensor.shape):
-            raise CheckpointError(
-                f"{path}: weights do not match the model config: {name} has shape {reader.shape('model', name)}, "
-                f"the model expects {tuple(tensor.shape)}"
-            )
-    done: set[int] = set()
-    for name, tensor in expected.items():
-        if id(tensor) not in done:  # a tied matrix once
-            done.add(id(tensor))
-            copy_full_into(tensor, reader.read("model", name).to(tensor.dtype))
-
-
-def load_optimizer_states(optimizers: Sequence[torch.optim.Optimizer], path: Path) -> None:
-    """Restore optimizer state from a checkpoint of either kind into optimizers of a plain or sharded model.
-
-    Raises:
-        CheckpointError: When the number or type of optimizers, or their tensors' shapes, differ.
-    """
-    params = [p for opt in optimizers for group in opt.param_groups for p in group["params"]]
-    if not is_sharded_checkpoint(path) and not any(is_sharded(p) for p in params):
-        load_optimizer_state(optimizers, path)  # today's path, unchanged
-        return
-    try:
-        described = json.loads((path / "optimizer.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError) as error:
-        raise CheckpointError(f"{path}: cannot read the optimizer state: {error}") from None
-    if len(described) != len(optimizers):
-        raise CheckpointError(f"{path}: holds {len(described)} optimizer(s), the run builds {len(optimizers)}")
-    reader = TensorReader(path)
-    stored = reader.names("optimizer")
-    for number, (opt, saved) in enumerate(zip(optimizers, described, strict=True)):
-        if saved["type"] != type(opt).__name__:
-            raise CheckpointError(f"{path}: optimizer {number} is {saved['type']}, the run builds {type(opt).__name__}")
-        own = [p for group in opt.param_groups for p in group["params"]]
-        state: dict[int, dict[str, Any]] = {int(pid): dict(values) for pid, values in saved["state"].items()}
-        for name in stored:
-            index, pid, key = name.split(".", 2)
-            if int(index) != number:
-                continue
-            if int(pid) >= len(own):
-                raise CheckpointError(f"{path}: optimizer {number} has state for parameter {pid}, the run has fewer")
-            param, full = own[int(pid)], reader.read("optimizer", name)
-            if is_sharded(param) and tuple(full.shape) == tuple(param.shape):
-                from torch.distributed.tensor import distribute_tensor
-
-                value: torch.Tensor = distribute_tensor(
-                    full.to(param.device), param.device_mesh, param.placements, src_data_rank=None
-                )
-            elif full.ndim and tuple(full.shape) != tuple(param.shape):
-                raise CheckpointError(
-                    f"{path}: optimizer {number} state {key} of parameter {pid} has shape {tuple(full.shape)}, "
-                    f"the parameter {tuple(param.shape)}: the model shape changed"
-                )
-            else:
-                value = full
-            state.setdefault(int(pid), {})[key] = value
-        groups = []
-        for group in saved["param_groups"]:
-            group = dict(group)
-            if isinstance(group.get("betas"), list):
-                group["betas"] = tuple(group["betas"])
-            groups.append(group)
-        try:
-            opt.load_state_dict({"state": state, "param_groups": groups})
-        except (ValueError, KeyError, RuntimeError) as error:
-            raise CheckpointError(f"{path}: optimizer {number} does not fit the model: {error}") from None
 
 
 # ---- consolidation -----------------------------------------------------------------------------------------

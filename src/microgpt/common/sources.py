@@ -27,7 +27,7 @@ from typing import Annotated, Any, Literal, TypeVar
 import httpx
 from pydantic import Field, model_validator
 
-from microgpt.common.aio import LoopDriver, download
+from microgpt.common.aio import LoopDriver, download, run_sync
 from microgpt.common.config import ConfigBase
 from microgpt.common.errors import MicrogptError
 from microgpt.common.formats import Format, content_type_problem, documents_from_file
@@ -333,6 +333,28 @@ async def mixed_documents(sources: list[SourceConfig]) -> AsyncIterator[str]:
     finally:
         for stream in streams:
             await stream.aclose()
+
+
+def check_readable(source: SourceConfig, index: int = 0) -> None:
+    """Read a source's first document, so that a wrong column, a dead URL or a broken file fails now, not later.
+
+    A URL is downloaded into the cache (the real read reuses it); a Hugging Face dataset is loaded. A source
+    that yields no document at all is not an error here: its size is the reader's business.
+
+    Raises:
+        MicrogptError: What reading the source would raise, naming the source.
+    """
+
+    async def first() -> None:
+        documents = raw_documents(source, source_label(source, index))
+        try:
+            await anext(documents, None)
+        finally:
+            aclose = getattr(documents, "aclose", None)
+            if aclose is not None:
+                await aclose()
+
+    run_sync(first())
 
 
 async def _take(stream: AsyncIterator[T], count: int) -> list[T]:

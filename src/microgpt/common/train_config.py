@@ -10,7 +10,7 @@ from microgpt.common.errors import ConfigError
 from microgpt.common.metrics import Backend
 from microgpt.common.optim import OptimizerName
 from microgpt.common.parallel import CheckpointingName, ParallelName
-from microgpt.common.schedule import ScheduleName
+from microgpt.common.schedule import ScheduleName, lr_multiplier
 
 
 class TrainConfig(ConfigBase):
@@ -100,3 +100,14 @@ class TrainConfig(ConfigBase):
     def micro_batch(self, world_size: int) -> int:
         """Sequences per rank per micro-step: ``micro_batch_size``, else the global batch split over the ranks."""
         return self.micro_batch_size or self.batch_size // world_size
+
+    def lr_multiplier(self, step: int, max_steps: int | None = None) -> float:
+        """The schedule's learning-rate multiplier at ``step`` of a run of ``max_steps`` (default: this run's)."""
+        return lr_multiplier(
+            step,
+            max_steps=self.max_steps if max_steps is None else max_steps,
+            warmup_steps=self.warmup_steps,
+            schedule=self.schedule,
+            min_lr_ratio=self.min_lr_ratio,
+            decay_fraction=self.decay_fraction,
+        )

@@ -8,9 +8,11 @@ The loop, in the order every step runs it (``last_step`` lets the final eval and
         micro-steps: forward, backward (DDP syncs gradients on the last micro-step only)
         clip → set lr → optimizer step → zero_grad → log
 
-In the code: :meth:`Trainer.fit` → ``_fit`` (``train()``): ``_setup`` builds or restores the model, optimizers,
-loader and the loop state (``_LoopState``, restored from a checkpoint); then per step ``_periodic`` (the hooks),
-``_train_step`` (one optimizer step) and ``_after_step`` (count tokens, log; MFU through ``estimate_mfu``).
+In the code: :meth:`Trainer.fit` → ``_fit`` (``train()``): ``_setup`` builds or loads the model
+(:mod:`~microgpt.common.model_setup`), the optimizers, the loader and the loop state
+(:mod:`~microgpt.common.loop_state`, restored from a checkpoint); then per step ``_periodic`` (the hooks),
+``_train_step`` (one optimizer step, :func:`~microgpt.common.optim.optimizer_step`) and ``_after_step`` (count
+tokens, log; MFU through ``estimate_mfu``).
 
 Subclasses implement :meth:`Trainer.build_model`, :meth:`Trainer.build_train_loader`, :meth:`Trainer.eval_batches`
 and the config hooks; they never copy the loop (torchtitan's ``train()``/``train_step()`` split is the model).
@@ -20,47 +22,41 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import math
-import os
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 import torch.distributed as torch_dist
 from torch import nn
 from tqdm import tqdm
 
-from microgpt.common.checkpoint import (
-    CheckpointWriter,
-    capture_rng_state,
-    latest_checkpoint,
-    read_meta,
-    restore_rng_state,
-    step_dir_name,
-)
-from microgpt.common.device import autocast_dtype, peak_flops, pick_device, seed_everything
+from microgpt.common.checkpoint import CheckpointWriter, latest_checkpoint, step_dir_name
+from microgpt.common.device import autocast_dtype, deterministic_algorithms, peak_flops, pick_device
 from microgpt.common.dist import DistInfo, barrier, broadcast_object, process_group
 from microgpt.common.errors import MicrogptError
 from microgpt.common.log import get_logger
+from microgpt.common.loop_state import (
+    BatchSource,
+    LoopState,
+    TrainResult,
+    agreed_resume,
+    checkpoint_step,
+    gather_rng_states,
+    refuse_past_max_steps,
+    restore_loop_state,
+    trainer_state,
+)
 from microgpt.common.loss_eval import Batch, evaluate, model_loss
 from microgpt.common.metrics import MetricsLog, Throughput
-from microgpt.common.optim import build_optimizers, set_learning_rate
-from microgpt.common.parallel import (
-    Mode,
-    apply_activation_checkpointing,
-    choose_mode,
-    clip_grad_norm,
-    materialize,
-    shard_model,
-    transformer_blocks,
-)
-from microgpt.common.schedule import lr_multiplier
-from microgpt.common.sharded import load_model_state, load_optimizer_states, save_sharded
+from microgpt.common.model_setup import build_training_model, wrap_for_training
+from microgpt.common.optim import build_optimizers, optimizer_step
+from microgpt.common.parallel import Mode
+from microgpt.common.sharded import save_sharded
 from microgpt.common.train_config import TrainConfig
 
 log = get_logger(__name__)
@@ -68,6 +64,7 @@ log = get_logger(__name__)
 __all__ = [
     "Batch",
     "BatchSource",
+    "LoopState",
     "NonFiniteLossError",
     "TrainConfig",
     "TrainResult",
@@ -75,57 +72,6 @@ __all__ = [
     "checkpoint_step",
     "refuse_past_max_steps",
 ]
-
-
-class BatchSource(Protocol):
-    """An endless iterator of training batches that can save and restore its position (exact resume)."""
-
-    def __next__(self) -> Batch:
-        """Return the next ``(x, y)`` batch for this rank."""
-        ...
-
-    def state_dict(self) -> dict[str, Any]:
-        """JSON-able position."""
-        ...
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Continue from a saved position."""
-        ...
-
-
-@dataclass
-class TrainResult:
-    """What a finished run reports."""
-
-    step: int
-    tokens: int
-    val_loss: float | None
-    val_bpb: float | None
-    best_val_loss: float | None
-    checkpoint: Path | None
-    seconds: float
-
-    def summary(self) -> str:
-        """One line for a person: final step, validation loss and bits per byte, tokens, time, checkpoint."""
-        loss = f"{self.val_loss:.4f}" if self.val_loss is not None else "n/a"
-        bpb = f"{self.val_bpb:.4f}" if self.val_bpb is not None else "n/a"
-        return (
-            f"step {self.step}: val loss {loss} nats/token, {bpb} bits/byte, "
-            f"{self.tokens:,} tokens in {self.seconds:.1f}s; checkpoint {self.checkpoint}"
-        )
-
-
-@dataclass
-class _LoopState:
-    """What changes from step to step (and what a checkpoint restores)."""
-
-    step: int = 0
-    tokens: int = 0
-    best_val: float = math.inf
-    last_val: tuple[float, float | None] | None = None  # (val loss, bits per byte) of the latest evaluation
-    last_ckpt: Path | None = None
-    pending: dict[str, Any] | None = None  # a logged train record, written with the next step's eval
-    loss_value: float = math.nan
 
 
 @dataclass
@@ -242,16 +188,8 @@ class Trainer(ABC):
         started = time.perf_counter()
         if cfg.threads is not None:
             torch.set_num_threads(cfg.threads)
-        was_deterministic = torch.are_deterministic_algorithms_enabled()
-        if cfg.deterministic:  # GPU kernels with atomics (e.g. index_add in backward) otherwise vary run to run
-            if self.device.type == "cuda":  # cuBLAS needs a fixed workspace to be deterministic
-                os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-            torch.use_deterministic_algorithms(True)
-        try:
-            with process_group(self.dist, self.device):
-                return self._fit(started)
-        finally:
-            torch.use_deterministic_algorithms(was_deterministic)
+        with deterministic_algorithms(cfg.deterministic, self.device), process_group(self.dist, self.device):
+            return self._fit(started)
 
     def _fit(self, started: float) -> TrainResult:
         """``train()``: set up (or resume), then per step the periodic work and one :meth:`_train_step`."""
@@ -262,9 +200,7 @@ class Trainer(ABC):
                 self._periodic(run, state, last_step)  # evaluate → metrics → sample → checkpoint, when due
                 if last_step:
                     break
-                loss_sum, step_tokens = self._train_step(
-                    run.model, run.raw_model, run.optimizers, run.loader, state.step, run.dtype, run.scaler
-                )
+                loss_sum, step_tokens = self._train_step(run, state.step)
                 self._after_step(run, state, loss_sum, step_tokens)
         finally:
             close = getattr(run.loader, "close", None)
@@ -273,24 +209,24 @@ class Trainer(ABC):
             run.bar.close()
             if run.metrics is not None:
                 run.metrics.close()
-        return TrainResult(
-            step=state.step,
-            tokens=state.tokens,
-            val_loss=state.last_val[0] if state.last_val is not None else None,
-            val_bpb=state.last_val[1] if state.last_val is not None else None,
-            best_val_loss=state.best_val if math.isfinite(state.best_val) else None,
-            checkpoint=state.last_ckpt,
-            seconds=time.perf_counter() - started,
-        )
+        return state.result(time.perf_counter() - started)
 
-    def _setup(self) -> tuple[_Run, _LoopState]:
+    def _setup(self) -> tuple[_Run, LoopState]:
         """Build (or restore) the model, optimizers, loader and loop state; open the metrics and the progress bar."""
         cfg, dist, device = self.config, self.dist, self.device
         ckpt_root = self.out_dir / "checkpoints"
         # Rank 0 decides whether and where to resume, so all ranks agree even if their views of out_dir differ.
         found = latest_checkpoint(ckpt_root) if dist.is_main else None
-        resume = _agreed_resume(broadcast_object(str(found) if found is not None else None), dist)
-        raw_model = self._build(resume)
+        resume = agreed_resume(broadcast_object(str(found) if found is not None else None), dist)
+        raw_model, self.mode = build_training_model(
+            self.build_model,
+            self.init_weights_from,
+            config=cfg,
+            dist=dist,
+            device=device,
+            seed=self.seed,
+            resume=resume,
+        )
         if dist.is_distributed:
             torch.manual_seed(self.seed + dist.rank)  # dropout masks differ per rank
         optimizers = build_optimizers(
@@ -304,32 +240,17 @@ class Trainer(ABC):
             muon_weight_decay=cfg.muon_weight_decay,
         )
         loader = self.build_train_loader(self.micro_batch)
-        state = _LoopState(last_ckpt=resume)
-        if resume is not None:
-            state.step, state.tokens, state.best_val, state.last_val = self._restore(resume, optimizers, loader)
-            refuse_past_max_steps(resume, state.step, cfg.max_steps)
-        model = self._wrap(raw_model)
+        state = LoopState() if resume is None else restore_loop_state(resume, optimizers, loader, cfg, dist)
+        model = wrap_for_training(raw_model, self.mode, config=cfg, dist=dist, device=device)
         dtype = autocast_dtype(device, cfg.precision)
         metrics = MetricsLog(self.out_dir, cfg.metrics_backends) if dist.is_main else None
         if metrics is not None and resume is not None:
             metrics.truncate_after(state.step)
-        if resume is not None:
-            # Each rank continues its own RNG stream; a rank the saved run did not have takes rank 0's (only dropout
-            # draws from it, and dropout masks cannot match across world sizes anyway).
-            rng_states = _read_json(resume / "rng.json")
-            restore_rng_state(rng_states[dist.rank if dist.rank < len(rng_states) else 0])
-        n_params = sum(p.numel() for p in raw_model.parameters())
         log.info(
             "training %s parameters on %s (%s), %d rank(s), global batch %d = %d micro-step(s) × %d × %d rank(s)",
-            f"{n_params:,}",
-            device,
-            str(dtype).replace("torch.", ""),
-            dist.world_size,
-            cfg.batch_size,
-            self.grad_accum,
-            self.micro_batch,
-            dist.world_size,
-        )
+            f"{sum(p.numel() for p in raw_model.parameters()):,}", device, str(dtype).replace("torch.", ""),
+            dist.world_size, cfg.batch_size, self.grad_accum, self.micro_batch, dist.world_size,
+        )  # fmt: skip
         run = _Run(
             model=model,
             raw_model=raw_model,
@@ -354,7 +275,7 @@ class Trainer(ABC):
         )
         return run, state
 
-    def _periodic(self, run: _Run, state: _LoopState, last_step: bool) -> None:
+    def _periodic(self, run: _Run, state: LoopState, last_step: bool) -> None:
         """The work due at this step, all of it on the last: evaluate, write metrics, sample, checkpoint."""
         cfg, step = self.config, state.step
         resumed_here = run.resume is not None and step == run.start_step  # periodic work was done before the save
@@ -377,12 +298,9 @@ class Trainer(ABC):
             if not resumed_here and cfg.sample_tokens and (last_step or _due(step, cfg.sample_interval)):
                 self._log_sample(run.raw_model)
             if not resumed_here and step > 0 and (last_step or _due(step, cfg.checkpoint_interval)):
-                val = state.last_val if evaluated else None
-                state.last_ckpt = self._save(
-                    run.writer, step, state.tokens, run.raw_model, run.optimizers, run.loader, state.best_val, val
-                )
+                state.last_ckpt = self._save(run, state, state.last_val if evaluated else None)
 
-    def _after_step(self, run: _Run, state: _LoopState, loss_sum: torch.Tensor, step_tokens: int) -> None:
+    def _after_step(self, run: _Run, state: LoopState, loss_sum: torch.Tensor, step_tokens: int) -> None:
         """Count the step; sync the loss only when it is logged or a save/eval follows (a GPU sync costs)."""
         cfg = self.config
         state.tokens += step_tokens
@@ -420,129 +338,7 @@ class Trainer(ABC):
 
     # ---- pieces of the loop -----------------------------------------------------------------------------------
 
-    def _restore(
-        self, resume: Path, optimizers: list[torch.optim.Optimizer], loader: BatchSource
-    ) -> tuple[int, int, float, tuple[float, float | None] | None]:
-        """Load checkpoint ``resume``'s optimizer, loop and data-loader state (the weights are loaded before).
-
-        Returns:
-            ``(step, tokens, best_val_loss, (val_loss, val_bpb) or None)`` as they were when it was saved.
-        """
-        meta = read_meta(resume)
-        state = _read_json(resume / "trainer.json")
-        load_optimizer_states(optimizers, resume)  # a single-folder or a sharded checkpoint, into either mode
-        step, tokens = int(state["step"]), int(state["tokens"])
-        self._warn_schedule_change(resume, step, state.get("max_steps"))
-        saved = state.get("loader")  # one position for all ranks; older checkpoints hold a list, one per rank
-        if not saved:
-            raise MicrogptError(f"{resume} holds no data-loader position (a soup or an export): it cannot be resumed")
-        try:
-            loader.load_state_dict(saved if isinstance(saved, dict) else saved[min(self.dist.rank, len(saved) - 1)])
-        except MicrogptError as error:
-            raise MicrogptError(f"{resume}: {error}") from None
-        if state.get("world_size", self.dist.world_size) != self.dist.world_size:
-            log.info(
-                "resuming on %d process(es) a run saved on %d: same global batch, same data order",
-                self.dist.world_size,
-                state["world_size"],
-            )
-        last_val = (float(meta["val_loss"]), meta.get("val_bpb")) if meta.get("val_loss") is not None else None
-        log.info("resuming from %s (step %d, %s tokens)", resume, step, f"{tokens:,}")
-        return step, tokens, float(state.get("best_val_loss") or math.inf), last_val
-
-    def _warn_schedule_change(self, resume: Path, step: int, saved_max_steps: Any) -> None:
-        """Say what a changed ``train.max_steps`` does to the learning rate (the schedule is a function of it)."""
-        cfg = self.config
-        if not isinstance(saved_max_steps, int) or saved_max_steps == cfg.max_steps or step >= cfg.max_steps:
-            return
-        before, after = (
-            lr_multiplier(
-                step,
-                max_steps=total,
-                warmup_steps=cfg.warmup_steps,
-                schedule=cfg.schedule,
-                min_lr_ratio=cfg.min_lr_ratio,
-                decay_fraction=cfg.decay_fraction,
-            )
-            for total in (saved_max_steps, cfg.max_steps)
-        )
-        log.warning(
-            "train.max_steps changed from %d to %d since %s: the %s schedule is recomputed over %d steps, so the "
-            "learning-rate multiplier at step %d moves from %.4g to %.4g and decays to its minimum at step %d",
-            saved_max_steps,
-            cfg.max_steps,
-            resume.name,
-            cfg.schedule,
-            cfg.max_steps,
-            step,
-            before,
-            after,
-            cfg.max_steps,
-        )
-
-    def _build(self, resume: Path | None) -> nn.Module:
-        """The model on the training device: initialised, or loaded from ``resume``; sharded under FSDP.
-
-        ``train.parallel`` is resolved first (``auto`` on GPUs counts the parameters of a model built on the meta
-        device). Under FSDP the model is built on the meta device, sharded and materialised shard by shard (see
-        :mod:`microgpt.common.parallel`); otherwise it is built on the CPU, as before, and moved. Both give the same
-        weights from the same seed (identical on every rank; DDP also broadcasts rank 0's).
-        """
-        cfg, dist, device = self.config, self.dist, self.device
-
-        def count_params() -> int:
-            with torch.device("meta"):
-                return sum(p.numel() for p in self.build_model().parameters())
-
-        self.mode = choose_mode(cfg.parallel, dist.world_size, count_params, device)
-        seed_everything(self.seed)
-        if self.mode == "fsdp":
-            with torch.device("meta"):
-                model = self.build_model()
-            blocks = transformer_blocks(model)
-            apply_activation_checkpointing(blocks, cfg.activation_checkpointing)
-            shard_model(model, blocks, device, compile_blocks=self._compile_enabled())
-            materialize(model, device, self.seed)
-            log.info("FSDP2: %d block(s) and the root sharded over %d ranks", len(blocks), dist.world_size)
-        else:
-            model = self.build_model()
-            apply_activation_checkpointing(transformer_blocks(model), cfg.activation_checkpointing)
-        if resume is not None:
-            load_model_state(model, resume)  # a single-folder or a sharded checkpoint, into either mode
-        else:
-            self.init_weights_from(model)
-        return model if self.mode == "fsdp" else model.to(device)
-
-    def _compile_enabled(self) -> bool:
-        return self.config.compile if self.config.compile is not None else self.device.type == "cuda"
-
-    def _wrap(self, raw_model: nn.Module) -> nn.Module:
-        """The module the loop calls: compiled (by default on CUDA only) and, with several ranks, DDP-wrapped.
-
-        Under FSDP the model was sharded in place by :meth:`_build` (its blocks compiled there): it is returned as is.
-        Checkpoints always save ``raw_model``, so no ``_orig_mod.``/``module.`` prefix reaches a weight name.
-        """
-        device = self.device
-        model = raw_model
-        if self.mode == "fsdp":
-            return model
-        if self._compile_enabled():
-            model = torch.compile(model)  # type: ignore[assignment]  # returns a callable wrapper of the module
-        if self.dist.is_distributed:
-            ids = [device.index] if device.type == "cuda" else None
-            model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
-        return model
-
-    def _train_step(
-        self,
-        model: nn.Module,
-        raw_model: nn.Module,
-        optimizers: list[torch.optim.Optimizer],
-        loader: BatchSource,
-        step: int,
-        dtype: torch.dtype,
-        scaler: torch.amp.GradScaler | None,
-    ) -> tuple[torch.Tensor, int]:
+    def _train_step(self, run: _Run, step: int) -> tuple[torch.Tensor, int]:
         """One optimizer step: micro-steps with accumulation → clip → set lr → step → zero_grad.
 
         DDP syncs gradients on the last micro-step only. The loss stays on the device (no host sync here).
@@ -550,44 +346,28 @@ class Trainer(ABC):
         Returns:
             ``(sum of the micro-steps' losses, tokens this step consumed across all ranks)``.
         """
-        cfg, device = self.config, self.device
+        cfg, device, model, scaler = self.config, self.device, run.model, run.scaler
         loss_sum = torch.zeros((), device=device)
         step_tokens = 0
         for micro_step in range(self.grad_accum):
-            x, y = next(loader)
+            x, y = next(run.loader)
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             sync = micro_step == self.grad_accum - 1
             no_sync = model.no_sync() if isinstance(model, nn.parallel.DistributedDataParallel) else None
             with no_sync if no_sync is not None and not sync else contextlib.nullcontext():
-                with torch.autocast(device.type, dtype=dtype, enabled=dtype is not torch.float32):
+                with torch.autocast(device.type, dtype=run.dtype, enabled=run.dtype is not torch.float32):
                     loss = self.compute_loss(model, (x, y))
                 scaled = loss / self.grad_accum
                 (scaler.scale(scaled) if scaler is not None else scaled).backward()
             loss_sum += loss.detach()
             step_tokens += x.numel() * self.dist.world_size
-        if scaler is not None:
-            for opt in optimizers:
-                scaler.unscale_(opt)
-        if cfg.grad_clip > 0:
-            clip_grad_norm(raw_model.parameters(), cfg.grad_clip)
-        multiplier = lr_multiplier(
-            step,
-            max_steps=cfg.max_steps,
-            warmup_steps=cfg.warmup_steps,
-            schedule=cfg.schedule,
-            min_lr_ratio=cfg.min_lr_ratio,
-            decay_fraction=cfg.decay_fraction,
+        optimizer_step(
+            run.optimizers,
+            run.raw_model.parameters(),
+            lr_multiplier=cfg.lr_multiplier(step),
+            grad_clip=cfg.grad_clip,
+            scaler=scaler,
         )
-        set_learning_rate(optimizers, multiplier)
-        for opt in optimizers:
-            if scaler is not None:
-                scaler.step(opt)
-            else:
-                opt.step()
-        if scaler is not None:
-            scaler.update()
-        for opt in optimizers:
-            opt.zero_grad(set_to_none=True)
         return loss_sum, step_tokens
 
     def _mean_across_ranks(self, value: torch.Tensor) -> float:
@@ -621,107 +401,41 @@ class Trainer(ABC):
         if text is not None and self.dist.is_main:
             log.info("sample: %r", text)
 
-    def _save(
-        self,
-        writer: CheckpointWriter,
-        step: int,
-        tokens: int,
-        raw_model: nn.Module,
-        optimizers: list[torch.optim.Optimizer],
-        loader: BatchSource,
-        best_val: float,
-        val: tuple[float, float | None] | None,
-    ) -> Path:
-        rng = capture_rng_state()
-        rng_states = [rng]
-        if self.dist.is_distributed:  # every rank's RNG travels with the checkpoint (the data position is global)
-            gathered: list[Any] = [None] * self.dist.world_size
-            torch_dist.all_gather_object(gathered, rng)
-            rng_states = list(gathered)
-        path = writer.root / step_dir_name(step)
+    def _save(self, run: _Run, state: LoopState, val: tuple[float, float | None] | None) -> Path:
+        """Checkpoint step ``state.step`` (every rank calls it: the RNG states are gathered; FSDP ranks write)."""
+        rng_states = gather_rng_states(self.dist)  # every rank's RNG travels with the checkpoint
+        path = run.writer.root / step_dir_name(state.step)
         if self.dist.is_main or self.mode == "fsdp":  # FSDP: every rank writes its own shards
-            trainer_state = {
-                "step": step,
-                "tokens": tokens,
-                "best_val_loss": best_val if math.isfinite(best_val) else None,
-                "loader": loader.state_dict(),
-                "world_size": self.dist.world_size,
-                "max_steps": self.config.max_steps,  # a resume with another max_steps can say what changes
-            }
+            trainer_json = trainer_state(state, run.loader, self.config, self.dist)
             meta = {
-                "tokens": tokens,
+                "tokens": state.tokens,
                 "val_loss": val[0] if val else None,
                 "val_bpb": val[1] if val else None,
-                "best_val_loss": trainer_state["best_val_loss"],
+                "best_val_loss": trainer_json["best_val_loss"],
                 "parent": self.parent,
                 **self.checkpoint_meta(),
             }
-            save: Callable[..., Path] = writer.save
+            save: Callable[..., Path] = run.writer.save
             if self.mode == "fsdp":
-                save = functools.partial(save_sharded, writer.root, dist=self.dist)
+                save = functools.partial(save_sharded, run.writer.root, dist=self.dist)
             path = save(
-                step,
-                model=raw_model,
-                optimizers=optimizers,
+                state.step,
+                model=run.raw_model,
+                optimizers=run.optimizers,
                 model_config=self.model_config_dict(),
                 run_config_yaml=self.run_config_yaml(),
-                trainer_state=trainer_state,
+                trainer_state=trainer_json,
                 rng_states=rng_states,
                 meta=meta,
                 write_extra=self.write_checkpoint_extra,
             )
             if self.dist.is_main:
                 if self.mode == "fsdp":
-                    writer.prune()
+                    run.writer.prune()
                 log.info("saved %s", path)
         barrier()
         return path
 
 
-def checkpoint_step(step_dir: Path) -> int | None:
-    """The step a checkpoint was saved at (its ``meta.json``), or None when it does not say."""
-    step = read_meta(step_dir).get("step")
-    return step if isinstance(step, int) else None
-
-
-def refuse_past_max_steps(step_dir: Path | None, step: int | None, max_steps: int) -> None:
-    """Refuse to resume a run whose newest checkpoint is already past ``train.max_steps`` (lowering it).
-
-    A run exactly at ``max_steps`` is finished (a rerun does nothing); one past it cannot go back.
-
-    Raises:
-        MicrogptError: Naming the checkpoint, its step and the fix.
-    """
-    if step_dir is None or step is None or step <= max_steps:
-        return
-    raise MicrogptError(
-        f"{step_dir} is at step {step}, past train.max_steps={max_steps}: a run cannot go back; set "
-        f"train.max_steps={step} (or more) to resume it, or use another out_dir to train a shorter run"
-    )
-
-
-def _agreed_resume(path: str | None, dist: DistInfo) -> Path | None:
-    """Rank 0's resume decision, checked on this rank: a rank that cannot see that checkpoint has another out_dir.
-
-    Raises:
-        MicrogptError: When this rank does not see the checkpoint rank 0 resumes from.
-    """
-    if path is None:
-        return None
-    if not (Path(path) / "meta.json").is_file():
-        raise MicrogptError(
-            f"rank {dist.rank} cannot see {path}, the checkpoint rank 0 resumes from: every node needs the same "
-            "out_dir on a shared file system"
-        )
-    return Path(path)
-
-
 def _due(step: int, interval: int) -> bool:
     return interval > 0 and step % interval == 0
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as error:
-        raise MicrogptError(f"cannot read {path}: {error}") from None

@@ -12,7 +12,8 @@ from pathlib import Path
 import torch
 import yaml
 
-from microgpt.common.checkpoint import TOKENIZER_DIR, CheckpointError, load_model_weights, read_meta
+from microgpt.common.checkpoint import TOKENIZER_DIR, CheckpointError, read_meta
+from microgpt.common.checkpoint_load import load_model_weights
 from microgpt.common.config import validate_config
 from microgpt.common.errors import MicrogptError
 from microgpt.model.config import GPTConfig

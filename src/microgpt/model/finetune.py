@@ -28,12 +28,8 @@ import yaml
 from pydantic import Field
 from torch import nn
 
-from microgpt.common.checkpoint import (
-    latest_checkpoint,
-    load_model_weights,
-    read_meta,
-    resolve_checkpoint,
-)
+from microgpt.common.checkpoint import latest_checkpoint, read_meta, resolve_checkpoint
+from microgpt.common.checkpoint_load import load_model_weights
 from microgpt.common.config import ConfigBase, flatten_config
 from microgpt.common.errors import MicrogptError
 from microgpt.common.log import get_logger

@@ -20,7 +20,8 @@ from typing import Any
 
 import torch
 
-from microgpt.common.checkpoint import list_checkpoints, load_model_weights, read_meta
+from microgpt.common.checkpoint import list_checkpoints, read_meta
+from microgpt.common.checkpoint_load import load_model_weights
 from microgpt.common.errors import MicrogptError
 from microgpt.common.log import get_logger
 from microgpt.eval.split_loss import evaluate_split

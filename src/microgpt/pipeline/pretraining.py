@@ -16,7 +16,7 @@ from microgpt.common.device import pick_device
 from microgpt.common.dist import DistInfo, check_shared_dir, process_group, run_on_main
 from microgpt.common.errors import ConfigError, MicrogptError
 from microgpt.common.log import get_logger
-from microgpt.common.trainer import TrainResult, checkpoint_step, refuse_past_max_steps
+from microgpt.common.loop_state import TrainResult, checkpoint_step, refuse_past_max_steps
 from microgpt.model.pretrain import DATA_DIR, RESUME_SAFE, RUN_CONFIG, PretrainTrainer, RunConfig
 from microgpt.tokenizer import Tokenizer
 

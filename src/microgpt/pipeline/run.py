@@ -18,98 +18,48 @@ A step writes ``steps/<step>.json`` (atomically) only after its output is comple
 has one, and a step killed halfway resumes from what it left (trainers from their newest checkpoint, data
 preparation from its finished shards). Nothing already produced is deleted.
 
-Under ``torchrun`` the training steps run on every rank; preparation, soups, evaluation and the report run on
-rank 0 — on the training device — while the others wait on the process group's store (no collective timeout).
+Under ``torchrun`` the training steps run on every rank; preparation, soups and the report run on
+rank 0 — on the training device — while the others wait on the process group's store (no collective timeout);
+the scoring of the models is spread over the ranks, each on its own device.
 """
 
 from __future__ import annotations
 
-import json
 import time
-from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from microgpt.common.atomic import atomic_write_text
 from microgpt.common.checkpoint import resolve_checkpoint
 from microgpt.common.config import differing_settings, dump_config
 from microgpt.common.device import pick_device
-from microgpt.common.dist import DistInfo, barrier, process_group, run_on_main
+from microgpt.common.dist import DistInfo, barrier, process_group
 from microgpt.common.errors import MicrogptError
 from microgpt.common.log import get_logger
-from microgpt.common.sources import FileSource, expand_paths, source_label
+from microgpt.common.sources import FileSource, check_readable, expand_paths, source_label
 from microgpt.data.config import DataConfig
 from microgpt.model.checkpoint_reader import TOKENIZER_DIR
 from microgpt.model.finetune import FinetuneConfig, FinetuneTrainer
 from microgpt.pipeline.config import COMPUTE_MATCHED, PipelineConfig
 from microgpt.pipeline.scoring import score_models, scoring_device, write_pipeline_report
+from microgpt.pipeline.steps import StepLog
 from microgpt.tokenizer import Tokenizer
 
 log = get_logger(__name__)
 
 CONFIG_FILE = "pipeline.yaml"
-STEPS_DIR = "steps"
 # Sections whose change makes the run directory a different run (later sections only change soups/eval/report).
 TRAINING_SECTIONS = ("seed", "tokenizer", "stage1", "stage2")
 DERIVED_STEPS_PREFIXES = ("soups", "eval-", "compute-matched-select")
 
 
-class StepLog:
-    """The record of finished steps: ``steps/<name>.json`` holding the step's result and its seconds."""
+def check_inputs(config: PipelineConfig, *, read: bool = True) -> None:
+    """Check what can be checked before any work: the stage-1 checkpoint to reuse, and every data source.
 
-    def __init__(self, run_dir: Path, dist: DistInfo) -> None:
-        """Read finished steps from ``run_dir/steps``."""
-        self.dir = run_dir / STEPS_DIR
-        self.dist = dist
-        self.seconds: dict[str, float] = {}  # step → seconds it took (when it ran, maybe in an earlier invocation)
-
-    def done(self, name: str) -> dict[str, Any] | None:
-        """The saved result of step ``name``, or None when it has not finished."""
-        path = self.dir / f"{name}.json"
-        if not path.is_file():
-            return None
-        try:
-            result: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return None  # torn by a crash (cannot happen with atomic writes, but a hand edit can): redo the step
-        return result
-
-    def run(self, name: str, work: Callable[[], dict[str, Any]], *, all_ranks: bool = False) -> dict[str, Any]:
-        """Run step ``name`` unless it is done; record its result and seconds (rank 0 writes, everyone waits)."""
-        found = self.done(name)
-        if found is not None:
-            log.info("pipeline: %s already done (%.1f s); skipping", name, found.get("seconds", 0.0))
-            self.seconds[name] = float(found.get("seconds", 0.0))
-            return found
-        log.info("pipeline: %s", name)
-        started = time.perf_counter()
-        result: dict[str, Any] = {}
-        if all_ranks:
-            result = work()
-        else:
-            # Rank 0 works while the others wait on the process group's store, not in a barrier: a long
-            # preparation or evaluation must not outlast the collective timeout (and kill the job).
-            result = run_on_main(f"pipeline step {name}", work) or {}
-        result["seconds"] = time.perf_counter() - started
-        if self.dist.is_main:
-            atomic_write_text(self.dir / f"{name}.json", json.dumps(result, indent=1) + "\n")
-        barrier()
-        self.seconds[name] = result["seconds"]
-        return self.done(name) or result
-
-    def forget(self, prefixes: tuple[str, ...]) -> None:
-        """Drop the records of steps whose names start with ``prefixes`` (their inputs changed)."""
-        if self.dir.is_dir() and self.dist.is_main:
-            for path in self.dir.glob("*.json"):
-                if path.stem.startswith(prefixes):
-                    path.unlink()
-
-
-def check_inputs(config: PipelineConfig) -> None:
-    """Check what can be checked before any work: the stage-1 checkpoint to reuse, and local data files.
+    With ``read``, the first document of every source is read (a wrong column, a dead URL, a broken file fail
+    here, not after minutes of pretraining); without it, only that local files exist.
 
     Raises:
         MicrogptError: Naming the missing checkpoint or file and the config field that points at it.
@@ -126,11 +76,13 @@ def check_inputs(config: PipelineConfig) -> None:
         sections.insert(0, ("stage1.data", config.stage1.data))
     for where, data in sections:
         for index, source in enumerate(data.sources):
-            if isinstance(source, FileSource):
-                try:
+            try:
+                if isinstance(source, FileSource):
                     expand_paths(source.paths, source_label(source, index))
-                except MicrogptError as error:
-                    raise MicrogptError(f"{where}.sources.{index}: {error}") from None
+                if read:
+                    check_readable(source, index)
+            except MicrogptError as error:
+                raise MicrogptError(f"{where}.sources.{index}: {error}") from None
 
 
 def check_run_dir(config: PipelineConfig, run_dir: Path, steps: StepLog) -> None:
@@ -175,9 +127,9 @@ def run_pipeline(config: PipelineConfig) -> dict[str, Any]:
         MicrogptError: For bad input — found before any work where it can be (missing stage-1 checkpoint or data
             files, a run directory holding another pipeline) — or when a step fails; finished steps are kept.
     """
-    check_inputs(config)
-    run_dir = Path(config.out_dir)
     dist = DistInfo.from_env()
+    check_inputs(config, read=dist.local_rank == 0)  # one download of a URL per machine, not one per process
+    run_dir = Path(config.out_dir)
     device = pick_device(config.stage2.train.device, dist.local_rank)
     with process_group(dist, device):
         return _run(config, run_dir, dist)
@@ -263,7 +215,7 @@ def _run(config: PipelineConfig, run_dir: Path, dist: DistInfo) -> dict[str, Any
         )
         curves[COMPUTE_MATCHED] = finetune.out_dir / "metrics.jsonl"
 
-    # ---- soups, evaluation, report: rank 0 ----
+    # ---- soups and report: rank 0; scoring: spread over the ranks ----
     soups: dict[str, Any] = steps.run(
         "soups", lambda: _make_soups(config, ingredients, parent, data_dir, stage2_dir, run_dir / "soups")
     )
@@ -272,9 +224,10 @@ def _run(config: PipelineConfig, run_dir: Path, dist: DistInfo) -> dict[str, Any
         models[COMPUTE_MATCHED] = Path(baseline["checkpoint"])
     for soup_name, outcome in soups.get("soups", {}).items():
         models[soup_name] = Path(outcome["checkpoint"])
-    scores = {
-        name: steps.run(f"eval-{name}", partial(score_models, config, path, data_dir)) for name, path in models.items()
-    }
+    spread = steps.run_spread(
+        {f"eval-{name}": partial(score_models, config, path, data_dir) for name, path in models.items()}
+    )
+    scores = {name: spread[f"eval-{name}"] for name in models}
     report: dict[str, Any] = {}
     if dist.is_main:
         report = write_pipeline_report(

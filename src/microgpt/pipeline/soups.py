@@ -1,11 +1,9 @@
 """Soups from checkpoints: read ingredients, merge them with :mod:`microgpt.model.soup`, save the result.
 
-The arithmetic lives in :mod:`microgpt.model.soup` (pure functions over state dicts); this module is the I/O
-around it and the search of each recipe's settings on the **val** split (greedy selection, the λ grid of task
-arithmetic, TIES's density × λ grid). A soup is written as an ordinary checkpoint step directory — weights, the
-shared model config, the ingredients' tokenizer, and ``meta.json`` recording the recipe, its settings, the
-ingredients and the common stage-1 ancestor — so ``sample``, ``eval`` and further fine-tuning accept it like any
-other checkpoint.
+The arithmetic lives in :mod:`microgpt.model.soup` (pure functions over state dicts); this module runs each recipe
+and searches its settings on the **val** split (greedy selection, the λ grid of task arithmetic, TIES's density ×
+λ grid). What a request must satisfy is checked first (:mod:`microgpt.pipeline.soup_checks`); ingredients are read,
+and each soup saved as an ordinary checkpoint, by :mod:`microgpt.pipeline.soup_checkpoint`.
 
 Recipes and their output folders under ``out_dir``: ``uniform-soup``, ``greedy-soup``, ``model-stock``,
 ``task-arithmetic``, ``ties`` (ingredients of one parent), and ``trajectory-<run>`` (the last checkpoints of one
@@ -14,40 +12,21 @@ run; :func:`make_trajectory_soup`).
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any
 
 import torch
-import yaml
 
-from microgpt.common.checkpoint import (
-    CheckpointWriter,
-    capture_rng_state,
-    list_checkpoints,
-    load_weights,
-    read_meta,
-    resolve_checkpoint,
-)
+from microgpt.common.checkpoint import list_checkpoints
 from microgpt.common.errors import ConfigError, MicrogptError
 from microgpt.common.log import get_logger
-from microgpt.data.manifest import Manifest
 from microgpt.eval.split_loss import score_state_dict
-from microgpt.model.checkpoint_reader import (
-    TOKENIZER_DIR,
-    ancestor_id,
-    checkpoint_id,
-    load_gpt,
-    read_model_config,
-    tokenizer_fingerprint,
-)
-from microgpt.model.gpt import GPT
+from microgpt.model.checkpoint_reader import load_gpt
 from microgpt.model.soup import (
     Ingredient,
     StateDict,
-    check_lambda,
     check_parent,
     check_same_run,
     check_soupable,
@@ -57,42 +36,22 @@ from microgpt.model.soup import (
     ties_merge,
     uniform_soup,
 )
+from microgpt.pipeline.soup_checkpoint import load_ingredient, save_soup
+from microgpt.pipeline.soup_checks import (
+    NEEDS_PARENT,
+    Recipe,
+    check_data,
+    check_distinct,
+    check_outputs_free,
+    check_settings,
+)
 
 log = get_logger(__name__)
-
-Recipe = Literal["uniform", "greedy", "model-stock", "task-arithmetic", "ties", "trajectory"]
-RECIPES: tuple[str, ...] = get_args(Recipe)
-NEEDS_PARENT = ("model-stock", "task-arithmetic", "ties")
-NEEDS_DATA = ("greedy", "task-arithmetic", "ties")  # they choose something on the val split
 
 
 def soup_dir_name(recipe: str) -> str:
     """The output folder (and report name) of a recipe: ``uniform-soup``, ``greedy-soup``, ``model-stock``, ..."""
     return f"{recipe}-soup" if recipe in ("uniform", "greedy") else recipe
-
-
-def load_ingredient(path: str | Path, name: str | None = None) -> tuple[Ingredient, Path]:
-    """Read a checkpoint (step or run directory) as a soup ingredient; return it and its step directory.
-
-    Raises:
-        CheckpointError: When the checkpoint is missing, corrupt or records no tokenizer.
-    """
-    step_dir = resolve_checkpoint(path)
-    meta = read_meta(step_dir)
-    run = meta.get("files", {}).get("run_config.yaml") if isinstance(meta.get("files"), dict) else None
-    ingredient = Ingredient(
-        name=name or Path(path).name,
-        state_dict=load_weights(step_dir),
-        model_config=read_model_config(step_dir).to_dict(),
-        tokenizer_fingerprint=tokenizer_fingerprint(step_dir),
-        ancestor=ancestor_id(step_dir),
-        parent=str(meta.get("parent") or ""),
-        # One run's checkpoints share its run config (the trainer writes the same YAML at every save).
-        run=f"sha256:{run}" if isinstance(run, str) else "",
-        step=int(meta.get("step") or 0),
-        id=checkpoint_id(step_dir),
-    )
-    return ingredient, step_dir
 
 
 def last_checkpoints(run_dir: str | Path, k: int) -> list[Path]:
@@ -159,119 +118,6 @@ class SoupOutcome:
         }
 
 
-def save_soup(
-    state: dict[str, Any],
-    *,
-    out_dir: Path,
-    template: Path,
-    recipe: Recipe,
-    ingredients: Sequence[tuple[Ingredient, Path]],
-    chosen: Sequence[str],
-    val_loss: float | None = None,
-    settings: dict[str, Any] | None = None,
-) -> Path:
-    """Write a soup as a checkpoint in ``out_dir/checkpoints/`` and return its step directory.
-
-    The folder is written under a temporary name and renamed, and an earlier soup there is replaced only then.
-
-    Args:
-        state: The soup's weights.
-        out_dir: The soup's run directory.
-        template: An ingredient's step directory (model config and tokenizer are copied from it).
-        recipe: How the soup was made.
-        ingredients: Every ingredient offered, with its step directory.
-        chosen: Names of the ingredients in the soup.
-        val_loss: The soup's selection-split loss, if measured.
-        settings: The recipe's settings (recorded in ``meta.json``).
-    """
-    model = GPT(read_model_config(template))
-    model.load_state_dict(state, strict=True)  # through the model, so tied weights are stored once
-    meta_in = read_meta(template)
-    paths = {ing.name: path for ing, path in ingredients}
-    soup_info = {
-        "recipe": recipe,
-        "settings": settings or {},
-        "chosen": list(chosen),
-        "offered": [ing.name for ing, _ in ingredients],
-        "ingredient_ids": {ing.name: checkpoint_id(path) for ing, path in ingredients},
-        "ingredient_paths": {name: str(path) for name, path in paths.items()},
-    }
-    first = ingredients[0][0]
-    run_config = {"soup": soup_info}
-    source_tokenizer = template / TOKENIZER_DIR
-
-    def copy_tokenizer(directory: Path) -> None:
-        if source_tokenizer.is_dir():
-            shutil.copytree(source_tokenizer, directory / TOKENIZER_DIR)
-
-    step = int(meta_in.get("step", 0))
-    checkpoints = Path(out_dir) / "checkpoints"
-    writer = CheckpointWriter(checkpoints, keep_last=1, keep_best=False)
-    path = writer.save(
-        step,
-        model=model,
-        optimizers=[],  # a soup has no optimizer state: fine-tuning from it starts a fresh optimizer anyway
-        model_config=model.config.to_dict(),
-        run_config_yaml=yaml.safe_dump(run_config, sort_keys=False),
-        trainer_state={"step": step, "tokens": 0, "best_val_loss": val_loss, "loader": [], "world_size": 1},
-        rng_states=[capture_rng_state()],
-        meta={
-            "stage": "soup",
-            "tokens": int(meta_in.get("tokens") or 0),
-            "val_loss": val_loss,
-            "val_bpb": None,
-            "best_val_loss": val_loss,
-            "parent": first.ancestor,  # every ingredient descends from it; the soup is one more step from it
-            "ancestor": first.ancestor,
-            "tokenizer_fingerprint": first.tokenizer_fingerprint,
-            "soup": soup_info,
-        },
-        write_extra=copy_tokenizer,
-    )
-    for stale in list_checkpoints(checkpoints):  # a soup folder holds one soup: drop an earlier one at another step
-        if stale != path:
-            shutil.rmtree(stale, ignore_errors=True)
-    log.info("saved the %s soup of %s to %s", recipe, ", ".join(chosen), path)
-    return path
-
-
-def check_outputs_free(out_dir: Path, names: Sequence[str], overwrite: bool) -> None:
-    """Refuse to replace soups already in ``out_dir`` unless ``overwrite`` (checked before any work).
-
-    Raises:
-        MicrogptError: Naming the occupied folder and ``--overwrite``.
-    """
-    if overwrite:
-        return
-    for name in names:
-        target = Path(out_dir) / name
-        if target.exists() and any(target.iterdir()):
-            raise MicrogptError(
-                f"{target} already holds a soup; pass --overwrite to replace it, or choose another --out"
-            )
-
-
-def _check_data(data_dir: Path, fingerprint: str) -> None:
-    """Refuse a selection folder tokenized with another tokenizer than the ingredients'."""
-    manifest = Manifest.load(data_dir)
-    if manifest.tokenizer.fingerprint != fingerprint:
-        raise MicrogptError(
-            f"{data_dir} was tokenized with {manifest.tokenizer.name!r}, not the ingredients' tokenizer: "
-            "prepare the selection data with the tokenizer/ saved in the ingredients' checkpoints"
-        )
-
-
-def _check_distinct(loaded: Sequence[tuple[Ingredient, Path]]) -> None:
-    seen: dict[str, str] = {}
-    for ingredient, _ in loaded:
-        if ingredient.id in seen:
-            raise MicrogptError(
-                f"{ingredient.name} and {seen[ingredient.id]} are the same checkpoint: a soup takes each ingredient "
-                "once (use --weights to weigh one more)"
-            )
-        seen[ingredient.id] = ingredient.name
-
-
 def _grid_search(
     candidates: Sequence[tuple[dict[str, float], Callable[[], dict[str, Any]]]],
     held_out_loss: Callable[[StateDict], float],
@@ -332,7 +178,7 @@ def make_soups(
         MicrogptError: When ingredients cannot be souped (naming the mismatch), a name or checkpoint repeats, the
             data folder has another tokenizer, or an output folder is occupied. Nothing is written.
     """
-    _check_settings(recipes, n=len(checkpoints), data_dir=data_dir, parent=parent, lambdas=lambdas, densities=densities)
+    check_settings(recipes, n=len(checkpoints), data_dir=data_dir, parent=parent, lambdas=lambdas, densities=densities)
     labels = list(names) if names is not None else _default_names(checkpoints)
     if len(labels) != len(checkpoints) or len(set(labels)) != len(labels):
         raise MicrogptError(f"ingredient names must be unique, one per checkpoint: {labels}")
@@ -340,7 +186,7 @@ def make_soups(
     loaded = [load_ingredient(p, n) for p, n in zip(checkpoints, labels, strict=True)]
     ingredients = [ing for ing, _ in loaded]
     check_soupable(ingredients)  # before any averaging or scoring: refusals cost nothing
-    _check_distinct(loaded)
+    check_distinct(loaded)
     anchor: Ingredient | None = None
     if parent is not None and any(r in NEEDS_PARENT for r in recipes):
         anchor = load_ingredient(parent, "parent")[0]
@@ -349,7 +195,7 @@ def make_soups(
                 check_parent(anchor, ingredients, recipe)
                 break
     if data_dir is not None:
-        _check_data(data_dir, ingredients[0].tokenizer_fingerprint)
+        check_data(data_dir, ingredients[0].tokenizer_fingerprint)
     if len(ingredients) == 1:
         log.warning("a soup of one ingredient is that ingredient: the soups equal %s", labels[0])
     template = loaded[0][1]
@@ -416,47 +262,6 @@ def _bind(function: Callable[..., dict[str, Any]], *args: Any, **kwargs: Any) ->
     return lambda: function(*args, **kwargs)
 
 
-def _check_settings(
-    recipes: Sequence[str],
-    *,
-    n: int,
-    data_dir: Path | None,
-    parent: Path | None,
-    lambdas: Sequence[float],
-    densities: Sequence[float],
-) -> None:
-    """Refuse a recipe that lacks what it needs, before anything is read or written."""
-    if n == 0:
-        raise MicrogptError("cannot make a soup of no ingredients")
-    unknown = [r for r in recipes if r not in RECIPES or r == "trajectory"]
-    if unknown:
-        choices = ", ".join(r for r in RECIPES if r != "trajectory")
-        raise ConfigError(f"--recipe: unknown recipe {unknown[0]!r} (one of {choices})")
-    for recipe in recipes:
-        if recipe in NEEDS_DATA and data_dir is None:
-            raise ConfigError(f"the {recipe} recipe chooses on a val split: pass a prepared data folder (--data)")
-        if recipe in NEEDS_PARENT and parent is None:
-            raise ConfigError(
-                f"the {recipe} recipe needs the checkpoint the ingredients were fine-tuned from (--parent)"
-            )
-    if "model-stock" in recipes and n < 2:
-        raise ConfigError(f"model-stock needs at least 2 fine-tuned ingredients besides the parent, got {n}")
-    if any(r in recipes for r in ("task-arithmetic", "ties")):
-        if not lambdas:
-            raise ConfigError("--lambdas: give at least one λ")
-        for lam in lambdas:
-            try:
-                check_lambda(lam, "--lambdas")
-            except MicrogptError as error:
-                raise ConfigError(str(error)) from None
-    if "ties" in recipes:
-        if not densities:
-            raise ConfigError("--densities: give at least one density")
-        bad = [d for d in densities if not 0.0 < d <= 1.0]
-        if bad:
-            raise ConfigError(f"--densities: {bad[0]:g} is outside (0, 1]")
-
-
 def make_trajectory_soup(
     checkpoints: Sequence[str | Path],
     *,
@@ -491,7 +296,7 @@ def make_trajectory_soup(
     check_same_run(ingredients)
     check_soupable(ingredients)
     if data_dir is not None:
-        _check_data(data_dir, ingredients[0].tokenizer_fingerprint)
+        check_data(data_dir, ingredients[0].tokenizer_fingerprint)
     state = uniform_soup([ing.state_dict for ing in ingredients])
     loss = None
     if data_dir is not None:

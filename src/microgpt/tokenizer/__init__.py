@@ -7,6 +7,8 @@
 """
 
 from microgpt.tokenizer.config import TokenizerConfig, build_tokenizer
-from microgpt.tokenizer.tokenizer import DisallowedSpecialError, Tokenizer, UnknownTokenError
+from microgpt.tokenizer.decoding import UnknownTokenError
+from microgpt.tokenizer.specials import DisallowedSpecialError
+from microgpt.tokenizer.tokenizer import Tokenizer
 
 __all__ = ["DisallowedSpecialError", "Tokenizer", "TokenizerConfig", "UnknownTokenError", "build_tokenizer"]

@@ -10,8 +10,8 @@ from pydantic import Field, model_validator
 
 from microgpt.common.config import ConfigBase
 from microgpt.common.errors import ConfigError
+from microgpt.tokenizer.corpus import capped_documents
 from microgpt.tokenizer.tokenizer import ENDOFTEXT, Tokenizer
-from microgpt.tokenizer.trainer import capped_documents
 
 
 class TokenizerConfig(ConfigBase):

@@ -1,4 +1,8 @@
-"""Worker processes for ``Tokenizer.encode_batch``, kept alive across calls so their caches stay warm.
+"""``Tokenizer.encode_batch`` on workers: threads for the compiled encoder, else processes kept across calls.
+
+:func:`encode_batch` stays in this process for little text (``PARALLEL_MIN_CHARS``). With the compiled encoder
+(numba and a known pattern) the workers are threads, since it releases the GIL; otherwise they are processes
+(:class:`EncodePool`), kept alive across calls so their caches stay warm.
 
 Each worker holds its own copy of the tokenizer: inherited by ``fork`` where the platform has it (no copy of the
 rank table is sent), else pickled once at start. Texts go out in a few contiguous groups per worker; ids come
@@ -8,19 +12,29 @@ back as ``array('l')`` buffers, which pickle far faster than lists of Python int
 from __future__ import annotations
 
 import array
+import functools
+import weakref
 from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from itertools import chain
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, TypedDict
 
 from microgpt.common.processes import process_context, start_method
+from microgpt.tokenizer.specials import check_special
 
 if TYPE_CHECKING:
     from microgpt.tokenizer.tokenizer import Tokenizer
 
 GROUPS_PER_WORKER = 4  # a few groups per worker evens out documents of different lengths
+PARALLEL_MIN_CHARS = 1 << 20  # below this much text, encode_batch stays in this process
 
 SpecialOption = Literal["all"] | Collection[str]
+
+
+class _EncodeOptions(TypedDict):
+    allowed_special: SpecialOption
+    disallowed_special: SpecialOption
+
 
 _worker_tokenizer: Tokenizer | None = None
 
@@ -90,3 +104,43 @@ class EncodePool:
         """Stop the workers."""
         self._pool.terminate()
         self._pool.join()
+
+
+def encode_batch(
+    tokenizer: Tokenizer,
+    texts: Sequence[str | bytes],
+    num_workers: int,
+    allowed_special: SpecialOption,
+    disallowed_special: SpecialOption,
+    pools: dict[int, EncodePool],
+) -> list[list[int]]:
+    """``tokenizer.encode`` of each text, on ``num_workers`` workers when there is enough text to pay for them.
+
+    Args:
+        tokenizer: The tokenizer.
+        texts: Texts (or bytes).
+        num_workers: How many workers.
+        allowed_special: As ``Tokenizer.encode``.
+        disallowed_special: As ``Tokenizer.encode``.
+        pools: The tokenizer's process pools by ``num_workers``; a new one is added here (and stops with the
+            tokenizer).
+
+    Returns:
+        One list of ids per text, in order.
+
+    Raises:
+        DisallowedSpecialError: As ``Tokenizer.encode``.
+    """
+    kwargs = _EncodeOptions(allowed_special=allowed_special, disallowed_special=disallowed_special)
+    total = sum(len(t) for t in texts)
+    if num_workers <= 1 or len(texts) < 2 or total < PARALLEL_MIN_CHARS:
+        return [tokenizer.encode(t, **kwargs) for t in texts]
+    for text in texts:  # checked here, so the error keeps its class and names the text's special token
+        check_special(text, tokenizer.special_tokens_set, allowed_special, disallowed_special)
+    if tokenizer._encoder.compiled_kind is not None:
+        return encode_in_threads(functools.partial(tokenizer.encode, **kwargs), texts, num_workers)
+    pool = pools.get(num_workers)
+    if pool is None:
+        pool = pools[num_workers] = EncodePool(tokenizer, num_workers)
+        weakref.finalize(tokenizer, pool.close)
+    return pool.encode(texts, allowed_special, disallowed_special)

@@ -3,7 +3,9 @@ r"""The tokenizer object: our byte-level BPE with tiktoken's verbs (encode, enco
 A tokenizer is a map from token bytes to rank (the token id), a split pattern and a set of special tokens.
 Encoding splits text with the pattern and encodes each chunk by rank order (:func:`~microgpt.tokenizer.bpe.
 encode_chunk`): in compiled code for the known patterns, else through a regex and a per-chunk cache
-(:mod:`~microgpt.tokenizer.encoder`).
+(:mod:`~microgpt.tokenizer.encoder`). Special tokens in text follow tiktoken's rule (:mod:`~microgpt.tokenizer.
+specials`); the decode verbs live in :mod:`~microgpt.tokenizer.decoding`, the workers of ``encode_batch`` in
+:mod:`~microgpt.tokenizer.pool`.
 
 The public API is tiktoken's ``Encoding``, verb for verb, with its semantics and exceptions, so code written for
 tiktoken runs on it: ``encode``, ``encode_ordinary``, ``encode_batch``, ``encode_ordinary_batch``,
@@ -29,42 +31,21 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import weakref
-from collections.abc import Collection, Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from pathlib import Path
-from typing import Literal, TypedDict
 
 import numpy as np
 import numpy.typing as npt
-import regex
 
-from microgpt.common.errors import ConfigError, MicrogptError
+from microgpt.common.errors import ConfigError
+from microgpt.tokenizer.decoding import DecodingMixin, UnknownTokenError
 from microgpt.tokenizer.encoder import ChunkEncoder
 from microgpt.tokenizer.patterns import compile_pattern, pattern_name, resolve_pattern
-from microgpt.tokenizer.pool import EncodePool, encode_in_threads
+from microgpt.tokenizer.pool import EncodePool, encode_batch
+from microgpt.tokenizer.specials import AllSpecial, check_special, find_specials, first_special
 from microgpt.tokenizer.trainer import train_vocab
 
 ENDOFTEXT = "<|endoftext|>"
-PARALLEL_MIN_CHARS = 1 << 20  # below this much text, encode_batch stays in this process
-
-AllSpecial = Literal["all"]
-
-
-class _EncodeOptions(TypedDict):
-    allowed_special: AllSpecial | Collection[str]
-    disallowed_special: AllSpecial | Collection[str]
-
-
-class DisallowedSpecialError(MicrogptError, ValueError):
-    """Text spells a special token that the caller did not allow (a ``ValueError``, as in tiktoken)."""
-
-
-class UnknownTokenError(MicrogptError, KeyError):
-    """A token id, or a text meant to be one token, that the vocabulary lacks (a ``KeyError``, as in tiktoken)."""
-
-    def __str__(self) -> str:
-        """The message itself (``KeyError`` would show it quoted, as a key)."""
-        return str(self.args[0]) if self.args else ""
 
 
 def _replace_surrogates(text: str) -> str:
@@ -72,7 +53,7 @@ def _replace_surrogates(text: str) -> str:
     return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
 
 
-class Tokenizer:
+class Tokenizer(DecodingMixin):
     """A byte-level BPE tokenizer: ranks (token bytes → id), a split pattern and special tokens.
 
     Build one with :meth:`train`, :meth:`from_pretrained` or :meth:`from_directory`.
@@ -260,20 +241,6 @@ class Tokenizer:
         """The bytes of every regular (mergeable) token, sorted, as tiktoken lists them."""
         return sorted(self.ranks)
 
-    def token_bytes(self, token_id: int) -> bytes:
-        """The bytes of one token (a special token's UTF-8 text); the same as :meth:`decode_single_token_bytes`.
-
-        Raises:
-            UnknownTokenError: When the id is not in the vocabulary (a ``KeyError``).
-        """
-        try:
-            return self._decoder[token_id]
-        except KeyError:
-            raise self._unknown_id(token_id) from None
-
-    def _unknown_id(self, token_id: object) -> UnknownTokenError:
-        return UnknownTokenError(f"token id {token_id!r} is not in the vocabulary (ids 0 to {self.max_token_value})")
-
     def encode_single_token(self, text_or_bytes: str | bytes) -> int:
         """The id of a text or bytes that are exactly one token, a regular or a special one.
 
@@ -343,37 +310,17 @@ class Tokenizer:
         Raises:
             DisallowedSpecialError: When the text spells a disallowed special token (a ``ValueError``).
         """
-        allowed = self._check_special(text, allowed_special, disallowed_special)
+        allowed = check_special(text, self.special_tokens_set, allowed_special, disallowed_special)
         if not allowed:
             return self.encode_ordinary(text)
         ids: list[int] = []
         start = 0
-        for begin, end, special in _find_specials(text, frozenset(allowed)):
+        for begin, end, special in find_specials(text, frozenset(allowed)):
             ids += self.encode_ordinary(text[start:begin])
             ids.append(self.special_tokens[special])
             start = end
         ids += self.encode_ordinary(text[start:])
         return ids
-
-    def _check_special(
-        self,
-        text: str | bytes,
-        allowed_special: AllSpecial | Collection[str],
-        disallowed_special: AllSpecial | Collection[str],
-    ) -> set[str]:
-        """Raise if ``text`` spells a disallowed special token; return the allowed special tokens."""
-        allowed = self.special_tokens_set if isinstance(allowed_special, str) else set(allowed_special)
-        if isinstance(disallowed_special, str):
-            disallowed = self.special_tokens_set - allowed
-        else:
-            disallowed = set(disallowed_special)
-        if disallowed and (special := _first_special(text, frozenset(disallowed))):
-            raise DisallowedSpecialError(
-                f"text contains the special token {special!r}, which is disallowed; pass "
-                f"allowed_special={{{special!r}}} to encode it as a special token, or "
-                f"disallowed_special=() to encode it as plain text"
-            )
-        return allowed & self.special_tokens_set
 
     def encode_to_numpy(
         self,
@@ -387,8 +334,8 @@ class Tokenizer:
         Raises:
             DisallowedSpecialError: As :meth:`encode`.
         """
-        allowed = self._check_special(text, allowed_special, disallowed_special)
-        if isinstance(text, str) and not (allowed and _first_special(text, frozenset(allowed))):
+        allowed = check_special(text, self.special_tokens_set, allowed_special, disallowed_special)
+        if isinstance(text, str) and not (allowed and first_special(text, frozenset(allowed))):
             try:
                 return self._encoder.encode_array(text)
             except UnicodeEncodeError:
@@ -432,19 +379,7 @@ class Tokenizer:
         """
         if num_threads is not None:
             num_workers = num_threads
-        kwargs = _EncodeOptions(allowed_special=allowed_special, disallowed_special=disallowed_special)
-        total = sum(len(t) for t in texts)
-        if num_workers <= 1 or len(texts) < 2 or total < PARALLEL_MIN_CHARS:
-            return [self.encode(t, **kwargs) for t in texts]
-        for text in texts:  # checked here, so the error keeps its class and names the text's special token
-            self._check_special(text, allowed_special, disallowed_special)
-        if self._encoder.compiled_kind is not None:
-            return encode_in_threads(functools.partial(self.encode, **kwargs), texts, num_workers)
-        pool = self._pools.get(num_workers)
-        if pool is None:
-            pool = self._pools[num_workers] = EncodePool(self, num_workers)
-            weakref.finalize(self, pool.close)
-        return pool.encode(texts, allowed_special, disallowed_special)
+        return encode_batch(self, texts, num_workers, allowed_special, disallowed_special, self._pools)
 
     def close(self) -> None:
         """Stop the worker processes that :meth:`encode_batch` keeps (they also stop with the tokenizer)."""
@@ -463,120 +398,3 @@ class Tokenizer:
         """Rebuild the caches after unpickling."""
         self.__dict__.update(state)
         self._encoder = ChunkEncoder(self.ranks, self.pattern, self._regex)
-
-    # ---- decoding ----------------------------------------------------------------------------------------
-
-    def decode_tokens_bytes(self, ids: Iterable[int]) -> list[bytes]:
-        """The bytes of each token (special tokens as their UTF-8 text), e.g. to show how text was cut.
-
-        Raises:
-            UnknownTokenError: When an id is not in the vocabulary (a ``KeyError``).
-        """
-        try:
-            return list(map(self._decoder.__getitem__, ids))
-        except KeyError as error:
-            raise self._unknown_id(error.args[0]) from None
-
-    def decode_single_token_bytes(self, token: int) -> bytes:
-        """The bytes of one token, special tokens included (tiktoken's name for :meth:`token_bytes`).
-
-        Raises:
-            UnknownTokenError: When the id is not in the vocabulary (a ``KeyError``).
-        """
-        return self.token_bytes(token)
-
-    def decode_bytes(self, ids: Iterable[int]) -> bytes:
-        """Concatenate the bytes of ``ids`` (special tokens as their UTF-8 text).
-
-        Raises:
-            UnknownTokenError: When an id is not in the vocabulary (a ``KeyError``, as in tiktoken).
-        """
-        return b"".join(self.decode_tokens_bytes(ids))
-
-    def decode(self, ids: Iterable[int], errors: str = "replace") -> str:
-        """Decode ``ids`` to text; bytes that are not valid UTF-8 become U+FFFD (``errors="replace"``).
-
-        Raises:
-            UnknownTokenError: When an id is not in the vocabulary (a ``KeyError``).
-        """
-        return self.decode_bytes(ids).decode("utf-8", errors=errors)
-
-    def decode_with_offsets(self, ids: Iterable[int]) -> tuple[str, list[int]]:
-        """The text of ``ids`` and, for each token, the index of the character where it starts.
-
-        A token that starts inside a character (its first byte is a UTF-8 continuation byte) gets the index of
-        that character, as in tiktoken.
-
-        >>> tok = Tokenizer.train(["ab"], 257, special_tokens=())
-        >>> tok.decode_with_offsets([256, 32, 0xC3, 0xA9, 97])
-        ('ab éa', [0, 2, 3, 3, 4])
-
-        Raises:
-            UnknownTokenError: When an id is not in the vocabulary (a ``KeyError``).
-            UnicodeDecodeError: When the bytes are not valid UTF-8 (tiktoken raises it too).
-        """
-        parts = self.decode_tokens_bytes(ids)
-        offsets: list[int] = []
-        chars = 0  # characters begun so far: the bytes that are not continuation bytes
-        for part in parts:
-            inside = bool(part) and 0x80 <= part[0] < 0xC0
-            offsets.append(max(0, chars - inside))
-            chars += len(part.translate(None, _CONTINUATION_BYTES))
-        return b"".join(parts).decode("utf-8", errors="strict"), offsets
-
-    def decode_batch(
-        self, batch: Iterable[Iterable[int]], *, errors: str = "replace", num_threads: int | None = None
-    ) -> list[str]:
-        """:meth:`decode` of each sequence.
-
-        ``num_threads`` (tiktoken's) is accepted and unused: decoding is one dictionary look-up per token under
-        the GIL, so threads would only add their own cost.
-        """
-        del num_threads
-        return [self.decode(ids, errors=errors) for ids in batch]
-
-    def decode_bytes_batch(self, batch: Iterable[Iterable[int]], *, num_threads: int | None = None) -> list[bytes]:
-        """:meth:`decode_bytes` of each sequence (``num_threads`` as in :meth:`decode_batch`)."""
-        del num_threads
-        return [self.decode_bytes(ids) for ids in batch]
-
-
-_CONTINUATION_BYTES = bytes(range(0x80, 0xC0))  # 0b10xxxxxx: the 2nd to 4th bytes of a UTF-8 character
-
-
-def _find_specials(text: str | bytes, tokens: frozenset[str]) -> Iterator[tuple[int, int, str]]:
-    """``(start, end, token)`` of each special token spelled in ``text``, left to right (as bytes in bytes)."""
-    if not tokens:
-        return
-    if isinstance(text, str):
-        for found in _special_regex(tokens).finditer(text):
-            yield found.start(), found.end(), found.group()
-    else:
-        for match in _special_bytes_regex(tokens).finditer(text):
-            yield match.start(), match.end(), match.group().decode("utf-8")
-
-
-def _first_special(text: str | bytes, tokens: frozenset[str]) -> str | None:
-    """The first special token of ``tokens`` spelled in ``text`` (``tokens`` not empty), or ``None``."""
-    if isinstance(text, str):
-        found = _special_regex(tokens).search(text)
-        return None if found is None else found.group()
-    match = _special_bytes_regex(tokens).search(text)
-    return None if match is None else match.group().decode("utf-8")
-
-
-def _longest_first(tokens: frozenset[str]) -> list[str]:
-    """Longest first, so that a token that prefixes another loses to it."""
-    return sorted(tokens, key=lambda t: (-len(t), t))
-
-
-@functools.lru_cache(maxsize=64)
-def _special_regex(tokens: frozenset[str]) -> regex.Pattern[str]:
-    """One regex that finds any of ``tokens``."""
-    return regex.compile("|".join(regex.escape(t) for t in _longest_first(tokens)))
-
-
-@functools.lru_cache(maxsize=64)
-def _special_bytes_regex(tokens: frozenset[str]) -> regex.Pattern[bytes]:
-    """One regex that finds the UTF-8 bytes of any of ``tokens``."""
-    return regex.compile(b"|".join(regex.escape(t.encode("utf-8")) for t in _longest_first(tokens)))
