@@ -7,7 +7,8 @@ Run under torchrun with 2 processes; each rank prints one line, rank 0 a summary
     nice -n 10 .venv/bin/python -m torch.distributed.run --standalone --nproc_per_node=2 \\
         benchmarks/bench_sharded.py --mode ddp
 
-Per rank: peak RSS after building the model and AdamW and taking 2 training steps (batch 2 × 256 tokens), then
+Per rank: the bytes it keeps between steps (its parameters, their gradients and AdamW's moments; local shards under
+FSDP), the peak RSS after building the model and AdamW and taking 2 training steps (batch 2 × 256 tokens), then
 the time to save a checkpoint (sharded: every rank writes its shard; DDP: rank 0 writes the whole one, as the
 trainer does) and to load it back into the same model and optimizer, with the peak RSS after each.
 """
@@ -26,7 +27,7 @@ from torch import nn
 
 from microgpt.common.checkpoint import CheckpointWriter
 from microgpt.common.checkpoint_load import load_model_state, load_optimizer_states
-from microgpt.common.dist import DistInfo
+from microgpt.common.dist import DistInfo, broadcast_object
 from microgpt.common.optim import build_optimizers
 from microgpt.common.parallel import materialize, shard_model, transformer_blocks
 from microgpt.common.sharded import save_sharded
@@ -37,6 +38,22 @@ from microgpt.model.gpt import GPT
 def peak_mb() -> float:
     """Peak resident memory of this process so far, MiB (Linux reports KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def local_mib(tensors: list[torch.Tensor]) -> float:
+    """MiB this rank holds of ``tensors`` (a sharded DTensor counts its local shard only)."""
+    total = 0
+    for tensor in tensors:
+        local = tensor.to_local() if hasattr(tensor, "to_local") else tensor
+        total += local.numel() * local.element_size()
+    return total / 2**20
+
+
+def state_mib(model: nn.Module, optimizers: list[torch.optim.Optimizer]) -> float:
+    """What a rank keeps between steps: parameters, their gradients (during backward) and the optimizer state."""
+    params = list(model.parameters())
+    moments = [v for opt in optimizers for per in opt.state.values() for v in per.values() if torch.is_tensor(v)]
+    return 2 * local_mib(params) + local_mib([m for m in moments if m.dim() > 0])
 
 
 def main() -> None:
@@ -70,7 +87,9 @@ def main() -> None:
             opt.step()
             opt.zero_grad(set_to_none=True)
     train_peak = peak_mb()
-    root = args.out or Path(tempfile.mkdtemp(prefix="bench-sharded-"))
+    state = state_mib(model, optimizers)
+    made = None if args.out or not dist.is_main else tempfile.mkdtemp(prefix="bench-sharded-")
+    root = args.out or Path(broadcast_object(made) or "")  # one folder for every rank: rank 0's
     torch_dist.barrier()
     started = time.perf_counter()
     meta = {"tokens": 0, "val_loss": None, "best_val_loss": None, "parent": None}
@@ -91,10 +110,12 @@ def main() -> None:
     load_s = time.perf_counter() - started
     size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 2**20
     print(
-        f"{args.mode} rank {dist.rank}: peak RSS after 2 steps {train_peak:,.0f} MiB, save {save_s:.2f} s "
+        f"{args.mode} rank {dist.rank}: weights + gradients + AdamW state {state:,.0f} MiB, "
+        f"peak RSS after 2 steps {train_peak:,.0f} MiB, save {save_s:.2f} s "
         f"(peak {save_peak:,.0f} MiB), load {load_s:.2f} s (peak {peak_mb():,.0f} MiB), checkpoint {size:,.0f} MiB",
         flush=True,
     )
+    torch_dist.barrier()  # every rank has measured the folder before rank 0 removes it
     torch_dist.destroy_process_group()
     if args.out is None and dist.is_main:
         import shutil

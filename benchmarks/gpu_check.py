@@ -23,6 +23,7 @@ Tokens are random ids (throughput does not depend on the text). MFU uses one for
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import math
 import os
@@ -178,6 +179,10 @@ def measure(args: argparse.Namespace) -> dict[str, Any] | None:
         worst = torch.tensor([seconds], device=device)
         torch.distributed.all_reduce(worst, op=torch.distributed.ReduceOp.MAX)
         seconds = float(worst.item())
+    # Free the DDP model (its reducer holds the process group) before the group goes: destroying the group first
+    # deadlocks gloo at teardown (the group's thread waits for the GIL the reducer's destructor holds).
+    model = raw  # drops the DDP wrapper (the step closure sees the same cell)
+    gc.collect()
     destroy_distributed()
     if not dist.is_main:
         return None
@@ -219,15 +224,15 @@ def table(folder: Path) -> str:
     return f"{device}; torch {torch.__version__}, CUDA {cuda}\n\n" + "\n".join(lines)
 
 
-def trainer_row(metrics: Path, gpus: int) -> dict[str, Any]:
-    """The last throughput record of a `microgpt train` run's metrics.jsonl, as a table row."""
+def trainer_row(metrics: Path, gpus: int, label: str = "microgpt train (tiny)") -> dict[str, Any]:
+    """The last throughput record of a `microgpt train` run's metrics.jsonl, as a table row named ``label``."""
     records = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
     timed = [r for r in records if "tokens_per_sec_per_device" in r]
     if not timed:
         sys.exit(f"gpu_check: {metrics} has no tokens_per_sec_per_device record")
     last = timed[-1]
     return {
-        "model": "microgpt train (tiny)",
+        "model": label,
         "gpus": gpus,
         "device": "",
         "dtype": "auto",
@@ -252,12 +257,13 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="Write this run's JSON row here (rank 0).")
     parser.add_argument("--table", type=Path, help="Print the table of every JSON row in this folder and exit.")
     parser.add_argument("--trainer-row", nargs=2, metavar=("METRICS", "GPUS"), help="Row from a metrics.jsonl.")
+    parser.add_argument("--label", default="microgpt train (tiny)", help="The --trainer-row's name in the table.")
     args = parser.parse_args()
     if args.table is not None:
         print(table(args.table))
         return
     if args.trainer_row is not None:
-        row = trainer_row(Path(args.trainer_row[0]), int(args.trainer_row[1]))
+        row = trainer_row(Path(args.trainer_row[0]), int(args.trainer_row[1]), args.label)
     else:
         measured = measure(args)
         if measured is None:

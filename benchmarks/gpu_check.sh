@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The first-GPU-run check, one table in under 10 minutes: bf16 + torch.compile steps of microgpt's GPT-2-124M beside
 # a nanoGPT-recipe reference (benchmarks/gpu_check.py) on one GPU, then DDP over every visible GPU with NCCL, then
-# the real trainer (`microgpt train`, tiny model, all GPUs) whose metrics.jsonl must carry per-GPU tokens/s and MFU.
+# the real trainer (`microgpt train`, tiny model, all GPUs) whose metrics.jsonl must carry per-GPU tokens/s and MFU,
+# with DDP and with FSDP2 (train.parallel=fsdp).
 #
 #   benchmarks/gpu_check.sh                # on a machine with CUDA GPUs (exits 2 with one line without them)
 #   benchmarks/gpu_check.sh --cpu-smoke    # the same path, tiny, fp32, 2 gloo processes: checks the script anywhere
@@ -81,6 +82,13 @@ else
     run "$PY" -m microgpt train "$WORK/train.yaml"
 fi
 "$PY" benchmarks/gpu_check.py --trainer-row "$WORK/run/metrics.jsonl" "$NGPU" --out "$ROWS/5-trainer.json" >/dev/null
+
+# 4. the same trainer under FSDP2 (fully_shard per block + root; bf16 gathers, fp32 reduce-scatter; compile per block)
+if [[ "$NGPU" -gt 1 ]]; then
+    run "$PY" -m microgpt train "$WORK/train.yaml" out_dir="$WORK/run-fsdp" train.parallel=fsdp --nproc "$NGPU"
+    "$PY" benchmarks/gpu_check.py --trainer-row "$WORK/run-fsdp/metrics.jsonl" "$NGPU" --label "microgpt train (tiny, FSDP2)" \
+        --out "$ROWS/6-trainer-fsdp.json" >/dev/null
+fi
 
 echo
 "$PY" benchmarks/gpu_check.py --table "$ROWS"
