@@ -23,6 +23,21 @@ from tests.http_server import ServerState
 TEXT = "".join(f"line {i}: the quick brown fox jumps over the lazy dog, again and again.\n" for i in range(300))
 
 
+# One step of a tiny model on the CPU, nothing periodic: the train section of every run here.
+QUIET_TRAIN = {
+    "max_steps": 1,
+    "batch_size": 4,
+    "eval_interval": 0,
+    "eval_batches": 1,
+    "checkpoint_interval": 0,
+    "sample_tokens": 0,
+    "progress": False,
+    "plot": False,
+    "device": "cpu",
+    "threads": 1,
+}
+
+
 def _cli(args: list[str]) -> int:
     try:
         main(args)
@@ -41,18 +56,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "tokenizer": {"vocab_size": 260},
         "data": {"sources": [{"type": "file", "paths": ["corpus.txt"], "separator": "\n"}], "val_docs": 20},
         "model": {"n_layer": 1, "n_head": 2, "n_embd": 16, "block_size": 16, "mlp": "swiglu"},  # exports as Llama
-        "train": {
-            "max_steps": 2,
-            "batch_size": 4,
-            "eval_interval": 0,
-            "eval_batches": 2,
-            "checkpoint_interval": 0,
-            "sample_tokens": 0,
-            "progress": False,
-            "plot": False,
-            "device": "cpu",
-            "threads": 1,
-        },
+        "train": {**QUIET_TRAIN, "max_steps": 2, "eval_batches": 2},
     }
     (root / "run.yaml").write_text(yaml.safe_dump(config))
     with pytest.MonkeyPatch.context() as patch:
@@ -105,19 +109,7 @@ def _run_first(*argv: str) -> Callable[[Path], None]:
     return setup
 
 
-FINETUNE_TRAIN = {
-    "max_steps": 1,
-    "batch_size": 4,
-    "eval_interval": 0,
-    "eval_batches": 1,
-    "checkpoint_interval": 0,
-    "sample_tokens": 0,
-    "progress": False,
-    "plot": False,
-    "device": "cpu",
-    "threads": 1,
-}
-FINETUNE_YAML = yaml.safe_dump({"init_from": "run", "data_dir": "run/data", "out_dir": "ft", "train": FINETUNE_TRAIN})
+FINETUNE_YAML = yaml.safe_dump({"init_from": "run", "data_dir": "run/data", "out_dir": "ft", "train": QUIET_TRAIN})
 PIPELINE_YAML = yaml.safe_dump(
     {
         "out_dir": "pipe",
@@ -125,7 +117,7 @@ PIPELINE_YAML = yaml.safe_dump(
         "stage2": {
             "init_from": "run",
             "data": {"sources": [{"type": "file", "paths": ["rows.jsonl"]}], "val_docs": 2, "test_docs": 2},
-            "train": FINETUNE_TRAIN,
+            "train": QUIET_TRAIN,
             "ingredients": [{"seed": 1}, {"seed": 2}],
         },
         "soup": {"trajectory": []},
